@@ -18,6 +18,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 
 #include "ft_internal.h"
@@ -29,7 +30,9 @@
 #define WHEEL_SLOTS 4096u              /* horizon 275 s; later deadlines re-checked */
 #define WHEEL_MASK (WHEEL_SLOTS - 1)
 #define NIL UINT32_MAX
-#define BATCH_WINDOW 16                /* packets parsed and prefetched at once */
+#define PIPE_D 8                       /* pipeline distance between stages */
+#define PIPE_RING 32                   /* > 2 * PIPE_D, a power of two */
+#define PF_DATA 32                     /* packet headers prefetched this far ahead */
 #define EVICT_RECHECKS 8
 #define RECORDS_PER_PACKET 2           /* worst case: its own flow + an eviction */
 
@@ -353,11 +356,28 @@ static void account(struct ft_table *t, const struct ft_parsed *p, uint64_t ts)
 
 /* ---- public API ------------------------------------------------------- */
 
+/* Zeroed memory, on transparent huge pages where the kernel allows: the
+ * slab is accessed at random and would otherwise cost a TLB miss per flow. */
+static void *big_alloc(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    madvise(p, len, MADV_HUGEPAGE);
+    return p;
+}
+
+static void big_free(void *p, size_t len)
+{
+    if (p)
+        munmap(p, len);
+}
+
 struct ft_table *ft_new(const struct ft_config *cfg, int *err)
 {
     *err = -EINVAL;
     if (!cfg || cfg->max_flows == 0 || cfg->max_flows > (1u << 31) ||
-        cfg->record_buffer < 2 * BATCH_WINDOW * RECORDS_PER_PACKET ||
+        cfg->record_buffer < 64 * RECORDS_PER_PACKET ||
         cfg->idle_timeout_ns == 0 || cfg->active_timeout_ns == 0)
         return NULL;
     *err = -ENOMEM;
@@ -369,8 +389,8 @@ struct ft_table *ft_new(const struct ft_config *cfg, int *err)
     while (nb < cfg->max_flows)
         nb <<= 1;
     t->bucket_mask = nb - 1;
-    t->flows = calloc(cfg->max_flows, sizeof(struct ft_flow));
-    t->buckets = calloc(nb, sizeof(uint32_t));
+    t->flows = big_alloc((size_t)cfg->max_flows * sizeof(struct ft_flow));
+    t->buckets = big_alloc((size_t)nb * sizeof(uint32_t));
     t->pending = calloc(cfg->record_buffer, sizeof(struct ft_record));
     if (!t->flows || !t->buckets || !t->pending) {
         ft_free(t);
@@ -389,8 +409,8 @@ void ft_free(struct ft_table *t)
 {
     if (!t)
         return;
-    free(t->flows);
-    free(t->buckets);
+    big_free(t->flows, (size_t)t->cfg.max_flows * sizeof(struct ft_flow));
+    big_free(t->buckets, ((size_t)t->bucket_mask + 1) * sizeof(uint32_t));
     free(t->pending);
     free(t);
 }
@@ -402,66 +422,78 @@ uint64_t ft_memory_bytes(const struct ft_table *t)
            (uint64_t)t->cfg.record_buffer * sizeof(struct ft_record);
 }
 
+/* Accounting of one parsed packet (stage 3 of the pipeline). */
+static void ingest_one(struct ft_table *t, int linktype, int verdict,
+                       const struct ft_parsed *p, uint64_t ts)
+{
+    t->st.packets_seen++;
+    if (verdict != FT_PARSE_OK) {
+        t->st.skipped[verdict]++;
+        if (verdict == FT_SKIP_LINKTYPE)
+            t->st.last_linktype_unsupported = (uint64_t)linktype;
+        return;
+    }
+    if (ts > t->st.now_ns)
+        t->st.now_ns = ts;
+    t->st.packets_accepted++;
+    t->st.octets_accepted += p->octets;
+    t->st.l4_partial += p->l4_partial;
+    t->st.fragments += p->fragment;
+    account(t, p, ts);
+}
+
+/*
+ * A software pipeline over the batch, so that memory latency overlaps:
+ * at step j, packet j + PF_DATA has its headers prefetched, packet j is
+ * parsed and its chain head prefetched, the chain head of packet j - D is
+ * read and its first flow prefetched, and packet j - 2D is accounted.
+ */
 int ft_ingest(struct ft_table *t, int linktype, const struct ft_pkt *pkts, size_t n,
               size_t *consumed)
 {
-    struct ft_parsed win[BATCH_WINDOW];
-    int verdict[BATCH_WINDOW];
-    size_t done = 0;
+    struct ft_parsed ring[PIPE_RING];
+    int verdict[PIPE_RING];
     *consumed = 0;
     if (!t || (!pkts && n))
         return -EINVAL;
+    /* Take only as many packets as the pending buffer has room for. */
+    size_t room = pending_free(t) / RECORDS_PER_PACKET;
+    if (n > room)
+        n = room;
     if (n && !t->wheel_started)
         wheel_start(t, pkts[0].ts_ns);
 
-    while (done < n) {
-        size_t w = n - done < BATCH_WINDOW ? n - done : BATCH_WINDOW;
-        /* Room for the worst case of the whole window, or stop here. */
-        if (pending_free(t) < w * RECORDS_PER_PACKET) {
-            w = pending_free(t) / RECORDS_PER_PACKET;
-            if (w == 0)
-                break;
+    for (size_t j = 0; j < n + 2 * PIPE_D; j++) {
+        if (j + PF_DATA < n) {
+            __builtin_prefetch(pkts[j + PF_DATA].data);
+            __builtin_prefetch(pkts[j + PF_DATA].data + 64);
         }
-        /* Stage 1: parse, hash, prefetch the chain heads. */
-        for (size_t i = 0; i < w; i++) {
-            const struct ft_pkt *p = &pkts[done + i];
-            verdict[i] = ft_parse(p, linktype, &win[i]);
-            if (verdict[i] == FT_PARSE_OK) {
-                if (!win[i].key.ifindex)
-                    win[i].key.ifindex = p->ifindex ? p->ifindex : t->cfg.ifindex;
-                win[i].hash = ft_key_hash(&win[i].key);
-                __builtin_prefetch(&t->buckets[win[i].hash & t->bucket_mask]);
+        if (j < n) {
+            const struct ft_pkt *p = &pkts[j];
+            struct ft_parsed *o = &ring[j % PIPE_RING];
+            int v = ft_parse(p, linktype, o);
+            verdict[j % PIPE_RING] = v;
+            if (v == FT_PARSE_OK) {
+                if (!o->key.ifindex)
+                    o->key.ifindex = p->ifindex ? p->ifindex : t->cfg.ifindex;
+                o->hash = ft_key_hash(&o->key);
+                __builtin_prefetch(&t->buckets[o->hash & t->bucket_mask]);
             }
         }
-        /* Stage 2: prefetch the first flow of each chain. */
-        for (size_t i = 0; i < w; i++) {
-            if (verdict[i] != FT_PARSE_OK)
-                continue;
-            uint32_t head = t->buckets[win[i].hash & t->bucket_mask];
-            if (head)
-                __builtin_prefetch(&t->flows[head - 1], 1);
-        }
-        /* Stage 3: account, in packet order. */
-        for (size_t i = 0; i < w; i++) {
-            const struct ft_pkt *p = &pkts[done + i];
-            t->st.packets_seen++;
-            if (verdict[i] != FT_PARSE_OK) {
-                t->st.skipped[verdict[i]]++;
-                if (verdict[i] == FT_SKIP_LINKTYPE)
-                    t->st.last_linktype_unsupported = (uint64_t)linktype;
-                continue;
+        if (j >= PIPE_D && j - PIPE_D < n) {
+            size_t i = j - PIPE_D;
+            if (verdict[i % PIPE_RING] == FT_PARSE_OK) {
+                uint32_t head = t->buckets[ring[i % PIPE_RING].hash & t->bucket_mask];
+                if (head)
+                    __builtin_prefetch(&t->flows[head - 1], 1);
             }
-            if (p->ts_ns > t->st.now_ns)
-                t->st.now_ns = p->ts_ns;
-            t->st.packets_accepted++;
-            t->st.octets_accepted += win[i].octets;
-            t->st.l4_partial += win[i].l4_partial;
-            t->st.fragments += win[i].fragment;
-            account(t, &win[i], p->ts_ns);
         }
-        done += w;
+        if (j >= 2 * PIPE_D) {
+            size_t i = j - 2 * PIPE_D;
+            ingest_one(t, linktype, verdict[i % PIPE_RING], &ring[i % PIPE_RING], pkts[i].ts_ns);
+        }
     }
-    *consumed = done;
+    *consumed = n;
     return 0;
 }
 
