@@ -1,0 +1,1 @@
+"""Capture drivers: capture files now (pcapfile), live rings later."""

@@ -1,0 +1,43 @@
+"""cffi build script for flowprobe.driver._pcap (the capture-file reader).
+
+The cdef is driver/pcapfile.h read verbatim; the sources are the real .c
+files. setup.py lists "driver/_build.py:ffibuilder" in cffi_modules.
+Standalone: ``python driver/_build.py OUTDIR`` compiles the module into
+OUTDIR (a scratch dir; a copy left next to this file would shadow the
+_pcap.abi3.so that ``pip install -e .`` builds).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FLOWTABLE = ROOT / "probe" / "flowtable"
+
+ffibuilder = FFI()
+ffibuilder.cdef((HERE / "pcapfile.h").read_text())
+ffibuilder.set_source(
+    "flowprobe.driver._pcap",
+    "#include <stddef.h>\n#include <stdint.h>\n#include \"pcapfile.h\"\n",
+    sources=[str(HERE / "pcapfile.c")],
+    include_dirs=[str(HERE), str(FLOWTABLE)],
+    libraries=["pcap"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"],
+)
+
+if __name__ == "__main__":
+    import os
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ffibuilder.compile(tmpdir=tmp, verbose=False)
+        if len(sys.argv) != 2:
+            sys.exit("usage: python driver/_build.py OUTDIR")
+        target = Path(sys.argv[1]) / Path(so).name
+        shutil.copy(so, target)
+        print(os.fspath(target))
