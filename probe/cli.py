@@ -1,0 +1,190 @@
+"""The ``flowprobe`` command.
+
+Subcommands are built by the functions in ``SUBCOMMANDS``; each builder adds
+its parser and sets ``handler`` (``handler(args) -> int``). A builder may be a
+callable or a ``"module:function"`` string, imported when the parser is
+built, so later subcommands (collect, run, nic, stats) plug in with one line.
+Handlers import their heavy modules lazily.
+
+Expected failures (ConfigError, FlowprobeError, unreadable input files) end
+as one line on stderr with a named exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from flowprobe import __version__
+from flowprobe.config import Config, ConfigError, apply_overrides, default_config, load_config
+from flowprobe.config.schema import check_export_url
+from flowprobe.probe.errors import ExitCode, FlowprobeError, InputError, exit_code_for
+
+PROG = "flowprobe"
+
+Builder = Callable[[Any], None]  # receives the subparsers action
+
+
+# ------------------------------------------------------------------ config
+
+def _add_config(sub: Any) -> None:
+    p = sub.add_parser("config", help="check or show configuration")
+    csub = p.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
+    check = csub.add_parser("check", help="validate FILE and print the normalized config")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(handler=cmd_config_check)
+    show = csub.add_parser("defaults", help="print the default configuration")
+    show.set_defaults(handler=cmd_config_defaults)
+
+
+def _print_config(cfg: Config) -> None:
+    sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False))
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    _print_config(load_config(args.file))
+    return ExitCode.OK
+
+
+def cmd_config_defaults(args: argparse.Namespace) -> int:
+    _print_config(default_config())
+    return ExitCode.OK
+
+
+# ------------------------------------------------------------------ replay
+
+def _add_replay(sub: Any) -> None:
+    p = sub.add_parser("replay", help="replay pcap/pcapng files through the flow engine")
+    p.add_argument("files", metavar="FILE", nargs="+", help="pcap or pcapng capture")
+    _add_config_option(p)
+    p.add_argument("--idle-timeout", metavar="S", type=float, help="flow.idle_timeout_s")
+    p.add_argument("--active-timeout", metavar="S", type=float, help="flow.active_timeout_s")
+    p.add_argument("--max-flows", metavar="N", type=int, help="flow.max_flows")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per expired flow on stdout")
+    p.add_argument("--export", metavar="URL", action="append", default=[],
+                   help="export to URL (repeatable), e.g. ipfix://127.0.0.1:4739")
+    p.set_defaults(handler=cmd_replay)
+
+
+def _add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="CONFIG",
+                   help="YAML config file (default: built-in defaults)")
+
+
+def build_config(path: str | None, overrides: dict[str, Any]) -> Config:
+    """Config from ``path`` (or the defaults), then command-line overrides
+    (dotted path -> value, None = not given), all validated; ConfigError on any problem."""
+    cfg = load_config(path) if path else default_config()
+    return apply_overrides(cfg, overrides)
+
+
+def export_url_errors(urls: Sequence[str]) -> list[str]:
+    """Problems with ``--export`` URLs, checked like config export items."""
+    return [f"--export: {err}" for err in map(check_export_url, urls) if err]
+
+
+def check_input_files(files: Sequence[str]) -> None:
+    """Fail early, in one line, on an input file that cannot be read."""
+    for name in files:
+        try:
+            with open(name, "rb"):
+                pass
+        except OSError as exc:
+            raise InputError(f"{name}: {exc.strerror or exc}") from None
+        if os.path.isdir(name):
+            raise InputError(f"{name}: is a directory")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    errors = export_url_errors(args.export)
+    try:
+        cfg = build_config(args.config, {
+            "flow.idle_timeout_s": args.idle_timeout,
+            "flow.active_timeout_s": args.active_timeout,
+            "flow.max_flows": args.max_flows,
+        })
+    except ConfigError as exc:
+        raise ConfigError(str(exc).splitlines() + errors) from None
+    if errors:
+        raise ConfigError(errors)
+    check_input_files(args.files)
+    _configure_logging(cfg)
+    from flowprobe.probe.replay import run_replay
+    return int(run_replay(list(args.files), cfg, bool(args.json), list(args.export)))
+
+
+# ------------------------------------------------------------------ wiring
+
+#: name -> builder. Later: "collect", "run", "nic", "stats" (a callable or a
+#: "module:function" string, e.g. "flowprobe.probe.supervisor:add_parser").
+SUBCOMMANDS: dict[str, Builder | str] = {
+    "config": _add_config,
+    "replay": _add_replay,
+    "nic": "flowprobe.driver.nic:add_parser",
+    "collect": "flowprobe.exporters.collector_cli:add_parser",
+    "run": "flowprobe.probe.reader:add_parser",
+}
+
+
+def _resolve(builder: Builder | str) -> Builder:
+    if callable(builder):
+        return builder
+    module, _, func = builder.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Passive flow-export probe: capture or replay "
+        "packets, aggregate flows in C, export IPFIX/NetFlow or JSON.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for builder in SUBCOMMANDS.values():
+        _resolve(builder)(sub)
+    return parser
+
+
+def _configure_logging(cfg: Config) -> None:
+    from flowprobe.probe.logs import configure_logging
+    configure_logging(cfg.logging.level, cfg.logging.format)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flowprobe`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            _fail(line)
+        return ExitCode.CONFIG
+    except FlowprobeError as exc:
+        _fail(str(exc))
+        return exit_code_for(exc)
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.FAILURE
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        _fail(f"{exc.filename}: {exc.strerror or exc}")
+        inputs = getattr(args, "files", None) or ()
+        return ExitCode.INPUT if exc.filename in inputs else ExitCode.FAILURE
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

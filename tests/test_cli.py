@@ -1,0 +1,44 @@
+"""The flowprobe command line: version, usage errors, config errors as exit codes."""
+
+import subprocess
+import sys
+
+from flowprobe import __version__
+from flowprobe.probe.errors import ExitCode
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowprobe", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_version():
+    """--version prints the package version and exits 0."""
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"flowprobe {__version__}"
+
+
+def test_unknown_subcommand_exits_2():
+    """An unknown subcommand is a usage error (exit 2)."""
+    proc = run_cli("no-such-command")
+    assert proc.returncode == 2
+    assert "invalid choice" in proc.stderr
+
+
+def test_replay_bad_override_exits_2():
+    """A bad command-line value is reported with its config path, exit 2, no traceback."""
+    proc = run_cli("replay", "whatever.pcap", "--idle-timeout", "-1",
+                   "--export", "udpp://127.0.0.1:1")
+    assert proc.returncode == ExitCode.CONFIG
+    assert "Traceback" not in proc.stderr
+    assert "flow.idle_timeout_s (command line)" in proc.stderr
+    assert "unknown scheme 'udpp'" in proc.stderr
+
+
+def test_replay_missing_input_exits_input(tmp_path):
+    """A missing capture file is one line on stderr and exit code INPUT."""
+    proc = run_cli("replay", str(tmp_path / "absent.pcap"))
+    assert proc.returncode == ExitCode.INPUT
+    assert "Traceback" not in proc.stderr
+    assert "absent.pcap" in proc.stderr
