@@ -10,6 +10,13 @@ probe/flowtable/flowtable.h:
   octets = IP total length (IPv4 field; IPv6 40 + payload length), never L2
   bytes, MPLS labels, VLAN tags or Ethernet padding.
 
+API: generate(path, flows=, packets=, seed=, fmt="pcap"|"pcapng", nsec=,
+mix=, start_ns=, gap_us=, malformed=, truth=) -> Truth (.flows, .packets,
+.octets, .frames, .skipped, .l4_partial, .fragments, .expected(), .to_json());
+key_of_record() / sum_records() map engine JSON records onto the same keys;
+write_pcap() and the eth_* / ether / ipv4 / ipv6 / tcp / udp / sctp / icmp
+builders make hand-made captures for timeout tests.
+
 Speed: every flow gets a few prebuilt frames (first / middle / last packet);
 per packet only the record header is packed, and output goes out in big
 chunks, window by window, so memory stays bounded.  Only 198.18.0.0/15 and
@@ -41,7 +48,8 @@ DEFAULT_MIX = {
 }
 _TOS = (0, 0, 0, 0x10, 0x28, 0xB8, 0x02, 0x01, 0x48)
 _TTL = (64, 64, 64, 128, 255, 57, 32)
-# destination ports tshark decodes as plain data (5001, 7000, 61904 are not)
+# destination ports tshark shows as plain data (its dissectors misread
+# zero payloads on e.g. 5001 and 7000, so those are avoided)
 _DPORTS = tuple(p for p in range(30000, 65000, 997) if p != 61904) + (
     5201, 8000, 9999, 12345, 23456, 33333, 40000, 47810, 55555)
 _ICMP4 = ((8, 0), (8, 0), (8, 0), (0, 0), (3, 3), (11, 0), (3, 1))
@@ -205,37 +213,37 @@ def icmp(typ, code, payload=b"", ident=1, seq=1):
     return struct.pack("!BBH", typ, code, 0) + rest + payload
 
 
-def _l4(ver, src, dst, proto, seg):
+def _l4(src, dst, proto, seg):
     return with_l4_checksum(_ab(src), _ab(dst), proto, seg)
 
 
 def eth_ipv4_udp(src, dst, sport, dport, payload=b"", *, tos=0, ttl=64, vlans=(), mpls=()):
-    seg = _l4(4, src, dst, 17, udp(sport, dport, payload))
+    seg = _l4(src, dst, 17, udp(sport, dport, payload))
     return ether(ipv4(src, dst, 17, seg, tos=tos, ttl=ttl), 0x0800, vlans=vlans, mpls=mpls)
 
 
 def eth_ipv4_tcp(src, dst, sport, dport, flags, payload=b"", *, tos=0, ttl=64, vlans=(), mpls=()):
-    seg = _l4(4, src, dst, 6, tcp(sport, dport, flags, payload))
+    seg = _l4(src, dst, 6, tcp(sport, dport, flags, payload))
     return ether(ipv4(src, dst, 6, seg, tos=tos, ttl=ttl), 0x0800, vlans=vlans, mpls=mpls)
 
 
 def eth_ipv6_udp(src, dst, sport, dport, payload=b"", *, tc=0, hlim=64, vlans=(), mpls=()):
-    seg = _l4(6, src, dst, 17, udp(sport, dport, payload))
+    seg = _l4(src, dst, 17, udp(sport, dport, payload))
     return ether(ipv6(src, dst, 17, seg, tc=tc, hlim=hlim), 0x86DD, vlans=vlans, mpls=mpls)
 
 
 def eth_ipv6_tcp(src, dst, sport, dport, flags, payload=b"", *, tc=0, hlim=64, vlans=(), mpls=()):
-    seg = _l4(6, src, dst, 6, tcp(sport, dport, flags, payload))
+    seg = _l4(src, dst, 6, tcp(sport, dport, flags, payload))
     return ether(ipv6(src, dst, 6, seg, tc=tc, hlim=hlim), 0x86DD, vlans=vlans, mpls=mpls)
 
 
 def eth_ipv4_icmp(src, dst, typ=8, code=0, payload=b"\0" * 8, *, tos=0, ttl=64, vlans=()):
-    seg = _l4(4, src, dst, 1, icmp(typ, code, payload))
+    seg = _l4(src, dst, 1, icmp(typ, code, payload))
     return ether(ipv4(src, dst, 1, seg, tos=tos, ttl=ttl), 0x0800, vlans=vlans)
 
 
 def eth_ipv6_icmp(src, dst, typ=128, code=0, payload=b"\0" * 8, *, tc=0, hlim=64, vlans=()):
-    seg = _l4(6, src, dst, 58, icmp(typ, code, payload))
+    seg = _l4(src, dst, 58, icmp(typ, code, payload))
     return ether(ipv6(src, dst, 58, seg, tc=tc, hlim=hlim), 0x86DD, vlans=vlans)
 
 
