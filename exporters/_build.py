@@ -1,0 +1,41 @@
+"""cffi build script for flowprobe.exporters._enc (the C record encoder).
+
+The cdef is the real exporters/encode.h plus `struct ft_record` (and the
+end-reason enum) cut verbatim from probe/flowtable/flowtable.h, so tests and
+benchmarks can build record arrays with this module alone; the sources are
+the real .c files.
+"""
+import os
+import re
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FT_DIR = os.path.join(HERE, os.pardir, "probe", "flowtable")
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _ft_record_cdef():
+    text = _read(os.path.join(FT_DIR, "flowtable.h"))
+    m = re.search(r"^struct ft_record \{.*?^\};", text, re.S | re.M)
+    if m is None:
+        raise RuntimeError("struct ft_record not found in flowtable.h")
+    return m.group(0)
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_ft_record_cdef() + "\n" + _read(os.path.join(HERE, "encode.h")))
+ffibuilder.set_source(
+    "flowprobe.exporters._enc",
+    '#include <stdint.h>\n#include <stddef.h>\n#include "flowtable.h"\n#include "encode.h"\n',
+    sources=[os.path.relpath(os.path.join(HERE, "encode.c"))],
+    include_dirs=[HERE, os.path.normpath(FT_DIR)],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,271 @@
+/*
+ * encode.c - template-driven NetFlow v5/v9 and IPFIX data-record encoder.
+ * See encode.h for the contract.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "flowtable.h"
+#include "encode.h"
+
+#define ICMP4 1
+#define ICMP6 58
+
+/* Field lengths each source allows: addresses and MACs are fixed, numbers
+ * may be reduced-size (1..8 bytes). */
+static int field_ok(const struct enc_field *f)
+{
+    switch (f->field) {
+    case ENC_F_ZERO:
+        return f->length >= 1 && f->length <= 64;
+    case ENC_F_SRC_ADDR4:
+    case ENC_F_DST_ADDR4:
+        return f->length == 4;
+    case ENC_F_SRC_ADDR6:
+    case ENC_F_DST_ADDR6:
+        return f->length == 16;
+    case ENC_F_SRC_MAC:
+    case ENC_F_DST_MAC:
+        return f->length == 6;
+    default:
+        return f->field < ENC_F_COUNT && f->length >= 1 && f->length <= 8;
+    }
+}
+
+uint32_t enc_record_length(const struct enc_field *fields, uint32_t n)
+{
+    uint32_t len = 0;
+    for (uint32_t i = 0; i < n; i++)
+        len += fields[i].length;
+    return len;
+}
+
+/* Big-endian store of v in len bytes, saturating; returns 1 if clamped. */
+static inline int put_uint(uint8_t *p, uint64_t v, unsigned len)
+{
+    int clamped = 0;
+    if (len < 8) {
+        uint64_t max = (UINT64_C(1) << (8 * len)) - 1;
+        if (v > max) {
+            v = max;
+            clamped = 1;
+        }
+    }
+    for (unsigned i = len; i > 0; i--) {
+        p[i - 1] = (uint8_t)v;
+        v >>= 8;
+    }
+    return clamped;
+}
+
+static inline uint64_t field_value(const struct ft_record *r, unsigned field,
+                                   uint64_t boot_ms)
+{
+    switch (field) {
+    case ENC_F_SRC_PORT:
+        return r->src_port;
+    case ENC_F_DST_PORT:
+        return r->dst_port;
+    case ENC_F_PROTOCOL:
+        return r->protocol;
+    case ENC_F_TOS:
+        return r->tos;
+    case ENC_F_TCP_FLAGS:
+        return r->tcp_flags;
+    case ENC_F_PACKETS:
+        return r->packets;
+    case ENC_F_OCTETS:
+        return r->octets;
+    case ENC_F_START_MS:
+        return r->first_ns / 1000000u;
+    case ENC_F_END_MS:
+        return r->last_ns / 1000000u;
+    case ENC_F_START_UPTIME:
+        return (uint32_t)(r->first_ns / 1000000u - boot_ms);
+    case ENC_F_END_UPTIME:
+        return (uint32_t)(r->last_ns / 1000000u - boot_ms);
+    case ENC_F_IFINDEX:
+        return r->ifindex;
+    case ENC_F_VLAN:
+        return r->vlan;
+    case ENC_F_INNER_VLAN:
+        return r->inner_vlan;
+    case ENC_F_TTL_MIN:
+        return r->ttl_min;
+    case ENC_F_TTL_MAX:
+        return r->ttl_max;
+    case ENC_F_END_REASON:
+        return r->end_reason;
+    case ENC_F_IP_VERSION:
+        return r->ip_version;
+    case ENC_F_ICMP_TYPE_CODE:
+        return (r->protocol == ICMP4 || r->protocol == ICMP6) ? r->dst_port : 0;
+    default:
+        return 0;
+    }
+}
+
+/* Writes one record; returns 1 if any field saturated. */
+static int put_record(uint8_t *p, const struct ft_record *r,
+                      const struct enc_field *f, uint32_t nf, uint64_t boot_ms)
+{
+    int clamped = 0;
+    for (uint32_t i = 0; i < nf; i++) {
+        unsigned len = f[i].length;
+        switch (f[i].field) {
+        case ENC_F_ZERO:
+            memset(p, 0, len);
+            break;
+        case ENC_F_SRC_ADDR4:
+        case ENC_F_SRC_ADDR6:
+            memcpy(p, r->src_addr, len);
+            break;
+        case ENC_F_DST_ADDR4:
+        case ENC_F_DST_ADDR6:
+            memcpy(p, r->dst_addr, len);
+            break;
+        case ENC_F_SRC_MAC:
+            if (r->has_mac)
+                memcpy(p, r->src_mac, 6);
+            else
+                memset(p, 0, 6);
+            break;
+        case ENC_F_DST_MAC:
+            if (r->has_mac)
+                memcpy(p, r->dst_mac, 6);
+            else
+                memset(p, 0, 6);
+            break;
+        default:
+            clamped |= put_uint(p, field_value(r, f[i].field, boot_ms), len);
+            break;
+        }
+        p += len;
+    }
+    return clamped;
+}
+
+static int fields_ok(const struct enc_field *f, uint32_t n)
+{
+    if (n == 0)
+        return 1;
+    if (f == NULL)
+        return 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (!field_ok(&f[i]))
+            return 0;
+    return 1;
+}
+
+static size_t set_bytes(size_t nrec, size_t rlen, size_t hdr, size_t align)
+{
+    if (nrec == 0)
+        return 0;
+    size_t len = hdr + nrec * rlen;
+    return (len + align - 1) / align * align;
+}
+
+static void put_set_header(uint8_t *p, uint16_t set_id, size_t len)
+{
+    p[0] = (uint8_t)(set_id >> 8);
+    p[1] = (uint8_t)set_id;
+    p[2] = (uint8_t)(len >> 8);
+    p[3] = (uint8_t)len;
+}
+
+/*
+ * Two passes: the first decides how many records fit (at most one IPv4 and
+ * one IPv6 set per call, whatever the mix), the second writes them, IPv4
+ * set first, each set in input order.
+ */
+int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
+               uint8_t *buf, size_t cap, struct enc_result *res)
+{
+    if (lay == NULL || res == NULL || (n > 0 && (records == 0 || buf == NULL)))
+        return -EINVAL;
+    if ((lay->set_id4 && !fields_ok(lay->fields4, lay->nfields4)) ||
+        (lay->set_id6 && !fields_ok(lay->fields6, lay->nfields6)))
+        return -EINVAL;
+    size_t align = lay->set_align ? lay->set_align : 1;
+    if (align != 1 && align != 4)
+        return -EINVAL;
+    if (!lay->set_hdr && lay->set_id6 && lay->set_id4)
+        return -EINVAL;            /* without set headers: one version only */
+    memset(res, 0, sizeof(*res));
+
+    const struct ft_record *recs = (const struct ft_record *)records;
+    size_t len4 = enc_record_length(lay->fields4, lay->nfields4);
+    size_t len6 = enc_record_length(lay->fields6, lay->nfields6);
+    size_t hdr = lay->set_hdr ? 4 : 0;
+    size_t n4 = 0, n6 = 0, skipped = 0, i = 0;
+
+    for (; i < n; i++) {
+        int v6 = recs[i].ip_version == 6;
+        if ((v6 ? lay->set_id6 : lay->set_id4) == 0) {
+            skipped++;
+            continue;
+        }
+        if (lay->max_records && n4 + n6 >= lay->max_records)
+            break;
+        size_t a = n4 + !v6, b = n6 + v6;
+        if (set_bytes(a, len4, hdr, align) + set_bytes(b, len6, hdr, align) > cap)
+            break;
+        n4 = a;
+        n6 = b;
+    }
+    size_t k = i;                  /* records consumed */
+
+    uint8_t *p4 = buf + hdr;
+    size_t off6 = set_bytes(n4, len4, hdr, align);
+    uint8_t *p6 = buf + off6 + hdr;
+    for (i = 0; i < k; i++) {
+        const struct ft_record *r = &recs[i];
+        int v6 = r->ip_version == 6;
+        if ((v6 ? lay->set_id6 : lay->set_id4) == 0)
+            continue;
+        int c;
+        if (v6) {
+            c = put_record(p6, r, lay->fields6, lay->nfields6, lay->boot_ms);
+            p6 += len6;
+        } else {
+            c = put_record(p4, r, lay->fields4, lay->nfields4, lay->boot_ms);
+            p4 += len4;
+        }
+        res->clamped += c;
+    }
+    size_t total = off6 + set_bytes(n6, len6, hdr, align);
+    if (hdr) {
+        if (n4) {
+            memset(p4, 0, (size_t)(buf + off6 - p4));
+            put_set_header(buf, lay->set_id4, off6);
+            res->sets++;
+        }
+        if (n6) {
+            memset(p6, 0, (size_t)(buf + total - p6));
+            put_set_header(buf + off6, lay->set_id6, total - off6);
+            res->sets++;
+        }
+    }
+    res->consumed = k;
+    res->encoded = n4 + n6;
+    res->skipped = skipped;
+    res->bytes = total;
+    return 0;
+}
+
+void enc_time_span(uintptr_t records, size_t n, uint64_t *min_first_ms,
+                   uint64_t *max_last_ms)
+{
+    const struct ft_record *recs = (const struct ft_record *)records;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i].first_ns < lo)
+            lo = recs[i].first_ns;
+        if (recs[i].last_ns > hi)
+            hi = recs[i].last_ns;
+    }
+    *min_first_ms = n ? lo / 1000000u : 0;
+    *max_last_ms = n ? hi / 1000000u : 0;
+}

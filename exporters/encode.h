@@ -1,0 +1,114 @@
+/*
+ * encode.h - the template-driven record encoder of the exporters.
+ *
+ * This file is read verbatim as the cffi cdef by exporters/_build.py: only
+ * declarations cffi understands (no #include, no #if, no macros).
+ *
+ * Model
+ *   A template is an ordered array of struct enc_field: (record field, length
+ *   on the wire). Python builds it from the IANA registry (exporters/registry.py);
+ *   the same array yields the template record (IE ids, Python side) and drives
+ *   this encoder, so template and data layout cannot disagree.
+ *
+ * Input
+ *   `records` is the address of an array of `struct ft_record` (see
+ *   probe/flowtable/flowtable.h) owned by the caller and only read during the
+ *   call. It crosses cffi modules as a plain address (uintptr_t).
+ *
+ * Output
+ *   Sets are written into the caller-owned buffer `buf[0..cap)`, in network
+ *   byte order. Nothing is allocated; nothing prints.
+ *
+ * Numbers
+ *   An unsigned field encoded shorter than its source (reduced-size encoding,
+ *   e.g. 64-bit counters in 4 bytes for NetFlow v5) saturates at the largest
+ *   value that fits; each saturated record is counted in enc_result.clamped.
+ *
+ * Time
+ *   ENC_F_START_MS/END_MS are absolute ms since the Unix epoch (IPFIX
+ *   dateTimeMilliseconds); ENC_F_START_UPTIME/END_UPTIME are ms since the
+ *   virtual boot time `boot_ms` given by the caller (NetFlow v5/v9
+ *   First/LastSwitched), truncated to 32 bits.
+ */
+
+/* The ft_record fields an encoder can emit. */
+enum enc_field_id {
+    ENC_F_ZERO = 0,            /* padding / unused field: zeros */
+    ENC_F_SRC_ADDR4 = 1,
+    ENC_F_DST_ADDR4 = 2,
+    ENC_F_SRC_ADDR6 = 3,
+    ENC_F_DST_ADDR6 = 4,
+    ENC_F_SRC_PORT = 5,
+    ENC_F_DST_PORT = 6,        /* ICMP: type << 8 | code, as v5 and nfdump do */
+    ENC_F_PROTOCOL = 7,
+    ENC_F_TOS = 8,
+    ENC_F_TCP_FLAGS = 9,
+    ENC_F_PACKETS = 10,
+    ENC_F_OCTETS = 11,
+    ENC_F_START_MS = 12,
+    ENC_F_END_MS = 13,
+    ENC_F_START_UPTIME = 14,
+    ENC_F_END_UPTIME = 15,
+    ENC_F_IFINDEX = 16,
+    ENC_F_VLAN = 17,
+    ENC_F_INNER_VLAN = 18,
+    ENC_F_TTL_MIN = 19,
+    ENC_F_TTL_MAX = 20,
+    ENC_F_END_REASON = 21,
+    ENC_F_IP_VERSION = 22,
+    ENC_F_ICMP_TYPE_CODE = 23, /* type << 8 | code for ICMP/ICMPv6, else 0 */
+    ENC_F_SRC_MAC = 24,
+    ENC_F_DST_MAC = 25,
+    ENC_F_COUNT = 26
+};
+
+struct enc_field {
+    uint16_t field;            /* enum enc_field_id */
+    uint16_t length;           /* bytes on the wire */
+};
+
+/*
+ * How records are framed. set_id4/set_id6 are the data-set ids (template ids)
+ * for IPv4 and IPv6 records; 0 means records of that version are not
+ * exportable (NetFlow v5: IPv6) and are skipped and counted. When set_hdr is
+ * 0, records are written back to back with no set header (NetFlow v5).
+ * set_align pads each set to a multiple of it (4 for v9, 1 for IPFIX).
+ */
+struct enc_layout {
+    const struct enc_field *fields4;
+    const struct enc_field *fields6;
+    uint32_t nfields4;
+    uint32_t nfields6;
+    uint16_t set_id4;
+    uint16_t set_id6;
+    uint16_t set_hdr;          /* 1: 4-byte set headers; 0: none */
+    uint16_t set_align;        /* 1 or 4 */
+    uint32_t max_records;      /* per call; 0: unlimited */
+    uint64_t boot_ms;          /* virtual boot time for *_UPTIME fields */
+};
+
+struct enc_result {
+    uint64_t bytes;            /* bytes written into buf */
+    uint64_t consumed;         /* records taken from the input (incl. skipped) */
+    uint64_t encoded;          /* data records written */
+    uint64_t skipped;          /* not exportable with this layout */
+    uint64_t clamped;          /* records with a saturated field */
+    uint64_t sets;             /* set headers written */
+};
+
+/* Bytes one record of this field list takes on the wire. */
+uint32_t enc_record_length(const struct enc_field *fields, uint32_t n);
+
+/*
+ * Encode records[0..n) as data sets into buf[0..cap), stopping before the
+ * first record that does not fit (or after max_records). Returns 0 and fills
+ * *res, or -EINVAL on bad arguments (unknown field, bad length).
+ * A record that cannot fit even into an empty buffer makes the call consume
+ * nothing: the caller's cap is too small (checked at set-up).
+ */
+int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
+               uint8_t *buf, size_t cap, struct enc_result *res);
+
+/* min(first_ns) and max(last_ns) over records[0..n), in ms; (0, 0) if n == 0. */
+void enc_time_span(uintptr_t records, size_t n, uint64_t *min_first_ms,
+                   uint64_t *max_last_ms);

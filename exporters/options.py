@@ -1,0 +1,53 @@
+"""Options data records, sent periodically beside the flow data.
+
+- Sampling: IPFIX PSAMP selector report (selectorId, selectorAlgorithm 1 =
+  systematic count-based, samplingPacketInterval/Space, RFC 5476) or the v9
+  equivalent (samplingInterval, samplingAlgorithm 1 = deterministic).
+- Statistics (RFC 7011 sections 4.1-4.3): exported messages, octets and flow
+  records, packets the engine ignored, flow records not sent.
+
+The templates come from registry.py; values are packed here in template
+order, each field at its template length.
+"""
+from __future__ import annotations
+
+SELECTOR_SYSTEMATIC_COUNT = 1   # IANA PSAMP selectorAlgorithm
+V9_SAMPLING_DETERMINISTIC = 1   # RFC 3954 SAMPLING_ALGORITHM
+
+
+def pack_values(template, values: dict) -> bytes:
+    out = bytearray()
+    for f in template.fields:
+        v = int(values.get(f.name, 0))
+        maxv = (1 << (8 * f.length)) - 1
+        out += min(max(v, 0), maxv).to_bytes(f.length, "big")
+    return bytes(out)
+
+
+def sampling_values(cfg, v9: bool) -> dict:
+    n = max(1, cfg.sampling_interval)
+    if v9:
+        return {"exportingProcessId": cfg.exporting_process_id,
+                "samplingInterval": n,
+                "samplingAlgorithm": V9_SAMPLING_DETERMINISTIC}
+    return {"selectorId": cfg.domain_id or 1,
+            "selectorAlgorithm": SELECTOR_SYSTEMATIC_COUNT,
+            "samplingPacketInterval": 1,
+            "samplingPacketSpace": n - 1}
+
+
+def stats_values(cfg, stats: dict) -> dict:
+    return {"exportingProcessId": cfg.exporting_process_id,
+            "exportedMessageTotalCount": stats.get("messages", 0),
+            "exportedOctetTotalCount": stats.get("bytes", 0),
+            "exportedFlowRecordTotalCount": stats.get("records_exported", 0),
+            "ignoredPacketTotalCount": stats.get("ignored_packets", 0),
+            "notSentFlowTotalCount": stats.get("records_not_sent", 0)}
+
+
+def options_records(encoder, stats: dict, v9: bool) -> list:
+    """[(template, one data record)] for the sampling and statistics options."""
+    s = encoder.sampling_tmpl
+    t = encoder.stats_tmpl
+    return [(s, pack_values(s, sampling_values(encoder.cfg, v9))),
+            (t, pack_values(t, stats_values(encoder.cfg, stats)))]

@@ -1,0 +1,211 @@
+"""Template definitions for the exporters, built from the IANA IPFIX registry.
+
+IE numbers, types and default lengths come from the `ipfix` package's copy of
+the IANA registry; this module only lists *which* IEs a template carries, in
+which order, which ft_record field feeds each, and where the wire length is
+deliberately reduced. One `Template` drives both the template record bytes
+and the C encoder's data-record layout (`Template.fields_cdata`).
+
+VLANs: the outer tag goes out as `vlanId` (58), which nfdump shows as the
+source VLAN and tshark names "VLAN Id"; the inner QinQ tag as
+`dot1qCustomerVlanId` (245), the IANA element for the C-TAG of RFC 7133.
+`postVlanId` (59) would claim an egress rewrite, which a passive probe never
+observes, so it is not used; collectors that do not know 245 skip it.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import ipfix.ie
+
+ipfix.ie.use_iana_default()
+
+# Template ids (>= 256 per RFC 7011 / RFC 3954).
+TID_FLOW4 = 256
+TID_FLOW6 = 257
+TID_SAMPLING = 258
+TID_STATS = 259
+
+# NetFlow v9 scope field type "System" (RFC 3954 section 6.1).
+V9_SCOPE_SYSTEM = 1
+
+
+def ie(name: str):
+    """The registry entry of an IANA IE (raises KeyError if unknown)."""
+    return ipfix.ie.for_spec(name)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str          # IANA IE name
+    num: int           # IE id / v9 field type
+    length: int        # bytes on the wire
+    source: str        # enc_field_id suffix, e.g. "SRC_ADDR4"
+
+
+def field(name: str, source: str, length: int | None = None) -> Field:
+    e = ie(name)
+    if e.length == 65535:
+        raise ValueError(f"{name}: variable-length IEs are not supported")
+    n = e.length if length is None else length
+    if n > e.length:
+        raise ValueError(f"{name}: length {n} exceeds the type's {e.length}")
+    return Field(name, e.num, n, source)
+
+
+@dataclass(frozen=True)
+class Template:
+    """An ordered IE list with its template id; scope_count > 0: options."""
+    template_id: int
+    fields: tuple
+    scope_count: int = 0
+
+    @property
+    def record_length(self) -> int:
+        return sum(f.length for f in self.fields)
+
+    def ipfix_record(self) -> bytes:
+        """The (options) template record of RFC 7011 section 3.4."""
+        if self.scope_count:
+            head = struct.pack("!HHH", self.template_id, len(self.fields), self.scope_count)
+        else:
+            head = struct.pack("!HH", self.template_id, len(self.fields))
+        return head + b"".join(struct.pack("!HH", f.num, f.length) for f in self.fields)
+
+    def v9_record(self) -> bytes:
+        """The (options) template record of RFC 3954 sections 5.2 and 6.1.
+
+        v9 options scopes are typed by scope field type, not IE: the first
+        scope_count fields are sent as scope "System" (1) with their length.
+        """
+        if not self.scope_count:
+            return struct.pack("!HH", self.template_id, len(self.fields)) + b"".join(
+                struct.pack("!HH", f.num, f.length) for f in self.fields)
+        scopes = self.fields[: self.scope_count]
+        opts = self.fields[self.scope_count:]
+        return (struct.pack("!HHH", self.template_id, 4 * len(scopes), 4 * len(opts))
+                + b"".join(struct.pack("!HH", V9_SCOPE_SYSTEM, f.length) for f in scopes)
+                + b"".join(struct.pack("!HH", f.num, f.length) for f in opts))
+
+    def fields_cdata(self, ffi, lib):
+        """A `struct enc_field[]` for the C encoder (keep it referenced)."""
+        arr = ffi.new("struct enc_field[]", len(self.fields))
+        for i, f in enumerate(self.fields):
+            arr[i].field = getattr(lib, "ENC_F_" + f.source)
+            arr[i].length = f.length
+        return arr
+
+
+def _flow_fields(v6: bool, ipfix_times: bool, narrow: bool) -> tuple:
+    """Flow record fields. narrow: NetFlow v9 sizes (RFC 3954 defaults where
+    they are shorter than IPFIX's: 1-byte tcp flags)."""
+    a = "6" if v6 else "4"
+    out = [
+        field(f"sourceIPv{a}Address", f"SRC_ADDR{a}"),
+        field(f"destinationIPv{a}Address", f"DST_ADDR{a}"),
+        # before the ports: nfdump stores icmpTypeCode* into its dst port
+        # slot, so a later 0 (non-ICMP) would erase e.g. an SCTP port.
+        # NetFlow v9 has one ICMP_TYPE (32, type*256+code) for both versions
+        # (RFC 3954); nfdump's v9 reader ignores 139 and zeroes the port.
+        field("icmpTypeCodeIPv4" if narrow else f"icmpTypeCodeIPv{a}", "ICMP_TYPE_CODE"),
+        field("sourceTransportPort", "SRC_PORT"),
+        field("destinationTransportPort", "DST_PORT"),
+        field("protocolIdentifier", "PROTOCOL"),
+        field("ipClassOfService", "TOS"),
+        field("tcpControlBits", "TCP_FLAGS", 1 if narrow else None),
+        field("packetDeltaCount", "PACKETS"),
+        field("octetDeltaCount", "OCTETS"),
+    ]
+    if ipfix_times:
+        out += [field("flowStartMilliseconds", "START_MS"),
+                field("flowEndMilliseconds", "END_MS")]
+    else:
+        out += [field("flowStartSysUpTime", "START_UPTIME"),
+                field("flowEndSysUpTime", "END_UPTIME")]
+    out += [
+        field("ingressInterface", "IFINDEX"),
+        field("egressInterface", "ZERO"),
+        field("vlanId", "VLAN"),
+        field("dot1qCustomerVlanId", "INNER_VLAN"),
+        field("minimumTTL", "TTL_MIN"),
+        field("maximumTTL", "TTL_MAX"),
+        field("flowEndReason", "END_REASON"),
+        field("ipVersion", "IP_VERSION"),
+        field("sourceMacAddress", "SRC_MAC"),
+        field("destinationMacAddress", "DST_MAC"),
+    ]
+    return tuple(out)
+
+
+def ipfix_flow_templates() -> tuple:
+    return (Template(TID_FLOW4, _flow_fields(False, True, False)),
+            Template(TID_FLOW6, _flow_fields(True, True, False)))
+
+
+def v9_flow_templates() -> tuple:
+    return (Template(TID_FLOW4, _flow_fields(False, False, True)),
+            Template(TID_FLOW6, _flow_fields(True, False, True)))
+
+
+def v5_record_fields() -> tuple:
+    """The fixed 48-byte NetFlow v5 record, expressed as encoder fields.
+
+    Not a template (v5 has none) but the same encoder drives it; counters and
+    interfaces are reduced to v5's 32/16 bits and saturate (counted)."""
+    return tuple([
+        Field("srcaddr", 0, 4, "SRC_ADDR4"),
+        Field("dstaddr", 0, 4, "DST_ADDR4"),
+        Field("nexthop", 0, 4, "ZERO"),
+        Field("input", 0, 2, "IFINDEX"),
+        Field("output", 0, 2, "ZERO"),
+        Field("dPkts", 0, 4, "PACKETS"),
+        Field("dOctets", 0, 4, "OCTETS"),
+        Field("First", 0, 4, "START_UPTIME"),
+        Field("Last", 0, 4, "END_UPTIME"),
+        Field("srcport", 0, 2, "SRC_PORT"),
+        Field("dstport", 0, 2, "DST_PORT"),
+        Field("pad1", 0, 1, "ZERO"),
+        Field("tcp_flags", 0, 1, "TCP_FLAGS"),
+        Field("prot", 0, 1, "PROTOCOL"),
+        Field("tos", 0, 1, "TOS"),
+        Field("src_as", 0, 2, "ZERO"),
+        Field("dst_as", 0, 2, "ZERO"),
+        Field("src_mask", 0, 1, "ZERO"),
+        Field("dst_mask", 0, 1, "ZERO"),
+        Field("pad2", 0, 2, "ZERO"),
+    ])
+
+
+# Options templates: values are filled in Python (a few records per period),
+# so `source` is unused ("ZERO").
+def ipfix_sampling_template() -> Template:
+    """PSAMP selector report (RFC 5476): scope selectorId."""
+    return Template(TID_SAMPLING, (
+        field("selectorId", "ZERO"),
+        field("selectorAlgorithm", "ZERO"),
+        field("samplingPacketInterval", "ZERO"),
+        field("samplingPacketSpace", "ZERO"),
+    ), scope_count=1)
+
+
+def v9_sampling_template() -> Template:
+    """v9 sampling options (RFC 3954 types 34/35), scope System."""
+    return Template(TID_SAMPLING, (
+        field("exportingProcessId", "ZERO"),
+        field("samplingInterval", "ZERO"),
+        field("samplingAlgorithm", "ZERO"),
+    ), scope_count=1)
+
+
+def stats_template() -> Template:
+    """Exporting/metering process statistics (RFC 7011 sections 4.1-4.3)
+    scoped by exportingProcessId; v9 sends the same fields, scope System."""
+    return Template(TID_STATS, (
+        field("exportingProcessId", "ZERO"),
+        field("exportedMessageTotalCount", "ZERO"),
+        field("exportedOctetTotalCount", "ZERO"),
+        field("exportedFlowRecordTotalCount", "ZERO"),
+        field("ignoredPacketTotalCount", "ZERO"),
+        field("notSentFlowTotalCount", "ZERO"),
+    ), scope_count=1)

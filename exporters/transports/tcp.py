@@ -1,0 +1,245 @@
+"""TCP transport (IPFIX over TCP, RFC 7011 section 10.4), never blocking.
+
+- Non-blocking connect; while the collector is down, reconnect attempts back
+  off exponentially (backoff_min_s .. backoff_max_s).
+- Messages wait in a bounded buffer (max_buffer_bytes); a message that does
+  not fit is dropped whole and its records are counted as not sent.
+- Each new connection starts with the template message (on_stream_start),
+  then the buffered messages, oldest first.
+- Bytes written but not yet acknowledged by the peer are tracked with
+  SIOCOUTQ: when the connection fails, the messages they belong to are put
+  back at the head of the buffer and resent on the next connection. Data the
+  peer's kernel acknowledged but its process never read (a collector killed
+  with a full receive buffer) cannot be known to the sender: TCP's limit.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import fcntl
+import socket
+import struct
+import termios
+import time
+
+from flowprobe.exporters.transports import Transport
+
+DOWN, CONNECTING, UP = "down", "connecting", "up"
+
+
+class TcpTransport(Transport):
+    name = "tcp"
+
+    def __init__(self, host: str, port: int, max_buffer_bytes: int = 4 << 20,
+                 backoff_min_s: float = 0.1, backoff_max_s: float = 30.0,
+                 close_timeout_s: float = 5.0):
+        self.host, self.port = host, port
+        super().__init__()
+        self.max_buffer = max_buffer_bytes
+        self.close_timeout = close_timeout_s
+        self.backoff_min, self.backoff_max = backoff_min_s, backoff_max_s
+        self.state = DOWN
+        self.sock = None
+        self.queue = collections.deque()   # [message, nrecords] not yet written
+        self.queued_bytes = 0
+        self.queued_records = 0
+        self.head_off = 0                  # bytes of queue[0] already written
+        self.inflight = collections.deque()  # written, maybe not acknowledged
+        self.inflight_bytes = 0
+        self._backoff = backoff_min_s
+        self._next_attempt = 0.0
+        self.connects = 0
+        self.disconnects = 0
+        self.records_requeued = 0
+
+    def describe(self):
+        return f"tcp://{self.host}:{self.port}"
+
+    # -- public -------------------------------------------------------------
+    def open(self):
+        self._pump()
+
+    def send(self, message, nrecords):
+        if self.queued_bytes + len(message) > self.max_buffer:
+            self.records_not_sent += nrecords
+            self.log.warning("export_buffer_full", buffered_bytes=self.queued_bytes,
+                             state=self.state)
+        else:
+            self.queue.append([message, nrecords])
+            self.queued_bytes += len(message)
+            self.queued_records += nrecords
+        self._pump()
+
+    def poll(self):
+        self._pump()
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Try to write the buffer out before close (bounded in time)."""
+        end = time.monotonic() + timeout_s
+        while (self.queue or self._unacked()) and time.monotonic() < end:
+            self._pump()
+            if self.state == UP and self.queue:
+                socket_wait(self.sock, write=True, timeout=0.05)
+            else:
+                time.sleep(0.01)
+
+    def close(self):
+        self.flush(self.close_timeout)
+        self.records_not_sent += self.queued_records + sum(n for _, n in self.inflight
+                                                           if self.state != UP)
+        self.queue.clear()
+        self.queued_bytes = self.queued_records = 0
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+        self.state = DOWN
+
+    def pending_records(self):
+        return self.queued_records
+
+    def stats(self):
+        d = super().stats()
+        d.update(state=self.state, connects=self.connects,
+                 disconnects=self.disconnects, records_requeued=self.records_requeued,
+                 buffered_bytes=self.queued_bytes)
+        return d
+
+    # -- internals ----------------------------------------------------------
+    def _unacked(self) -> int:
+        if self.sock is None or self.state != UP:
+            return 0
+        try:
+            buf = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            return struct.unpack("i", buf)[0]
+        except OSError:
+            return 0
+
+    def _trim_inflight(self, unacked: int) -> None:
+        while self.inflight and self.inflight_bytes - len(self.inflight[0][0]) >= unacked:
+            msg, n = self.inflight.popleft()
+            self.inflight_bytes -= len(msg)
+            self.records_sent += n
+
+    def _connect(self):
+        now = time.monotonic()
+        if now < self._next_attempt:
+            return
+        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rc = self.sock.connect_ex((self.host, self.port))
+        if rc in (0, errno.EINPROGRESS):
+            self.state = CONNECTING
+        else:
+            self._fail(OSError(rc, "connect failed"))
+
+    def _check_connecting(self):
+        if not socket_wait(self.sock, write=True, timeout=0):
+            return
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._fail(OSError(err, "connect failed"))
+            return
+        self.state = UP
+        self.connects += 1
+        self.streams_started += 1
+        self._backoff = self.backoff_min
+        self.head_off = 0
+        head = self.queue[0][0] if self.queue else None
+        start = self._stream_start_message(head)
+        if start:
+            self.queue.appendleft([start, 0])
+            self.queued_bytes += len(start)
+        self.log.log.info("export_connected", connects=self.connects)
+
+    def _fail(self, err: OSError):
+        """Connection lost: requeue what the peer did not acknowledge."""
+        unacked = 0
+        if self.state == UP and self.sock is not None:
+            try:
+                buf = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                unacked = struct.unpack("i", buf)[0]
+            except OSError:
+                unacked = self.inflight_bytes
+        self._trim_inflight(unacked)
+        # head message partially written on the old connection: resend whole
+        self.head_off = 0
+        while self.inflight:
+            msg, n = self.inflight.pop()
+            self.inflight_bytes -= len(msg)
+            if n == 0:
+                continue          # template message: the new stream gets fresh ones
+            self.queue.appendleft([msg, n])
+            self.queued_bytes += len(msg)
+            self.queued_records += n
+            self.records_requeued += n
+        # drop a leading template message left from the old stream
+        while self.queue and self.queue[0][1] == 0:
+            self.queued_bytes -= len(self.queue.popleft()[0])
+        if self.state == UP:
+            self.disconnects += 1
+        self.send_errors += 1
+        self.log.warning("export_connection_failed", error=str(err), state=self.state,
+                         retry_in_s=round(self._backoff, 2))
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.state = DOWN
+        self._next_attempt = time.monotonic() + self._backoff
+        self._backoff = min(self.backoff_max, self._backoff * 2)
+
+    def _peer_closed(self) -> bool:
+        if not socket_wait(self.sock, write=False, timeout=0):
+            return False
+        try:
+            data = self.sock.recv(4096)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return data == b""          # collectors never send: EOF means gone
+
+    def _pump(self):
+        if self.state == DOWN:
+            self._connect()
+        if self.state == CONNECTING:
+            self._check_connecting()
+        if self.state != UP:
+            return
+        if self._peer_closed():
+            self._fail(OSError(errno.ECONNRESET, "collector closed the connection"))
+            return
+        try:
+            while self.queue:
+                msg, n = self.queue[0]
+                sent = self.sock.send(memoryview(msg)[self.head_off:])
+                self.head_off += sent
+                self.bytes_sent += sent
+                if self.head_off < len(msg):
+                    break
+                self.queue.popleft()
+                self.head_off = 0
+                self.queued_bytes -= len(msg)
+                self.queued_records -= n
+                self.messages_sent += 1
+                self.inflight.append((msg, n))
+                self.inflight_bytes += len(msg)
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            self._fail(e)
+            return
+        self._trim_inflight(self._unacked())
+
+
+def socket_wait(sock, write: bool, timeout: float) -> bool:
+    import select
+    p = select.poll()
+    p.register(sock, select.POLLOUT if write else select.POLLIN)
+    ev = p.poll(int(timeout * 1000))
+    return bool(ev)

@@ -1,0 +1,236 @@
+"""Encoders (NetFlow v5, v9, IPFIX): golden messages, round trips through the
+`ipfix` package reader, framing limits, sequence numbers and packet times."""
+import datetime
+import io
+import os
+import struct
+from pathlib import Path
+
+import ipfix.reader
+import pytest
+
+from flowprobe.exporters import registry
+from flowprobe.exporters._enc import ffi, lib
+from flowprobe.exporters.base import EncoderConfig
+from flowprobe.exporters.exporter import ExportConfigError, build_exporter, parse_url
+from flowprobe.exporters.ipfix import IpfixEncoder
+from flowprobe.exporters.netflow5 import Netflow5Encoder
+from flowprobe.exporters.netflow9 import Netflow9Encoder
+from records import FIXED, T0_NS, address, make_records
+
+GOLDEN = Path(__file__).parent / "golden"
+ENCODERS = {"ipfix": IpfixEncoder, "netflow9": Netflow9Encoder, "netflow5": Netflow5Encoder}
+STATS = {"messages": 3, "bytes": 999, "records_exported": 4, "ignored_packets": 2,
+         "records_not_sent": 1}
+
+
+def encode_all(enc, arr, n):
+    return [m for m, _ in enc.encode(address(arr), n)]
+
+
+def golden_messages(name):
+    enc = ENCODERS[name](EncoderConfig(mtu=1400, domain_id=7, exporting_process_id=9))
+    arr = make_records(FIXED)
+    msgs = [enc.template_message()]
+    msgs += encode_all(enc, arr, len(FIXED))
+    msgs.append(enc.options_message(STATS))
+    return [m for m in msgs if m is not None]
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_golden_messages(name):
+    """Fixed records at fixed times encode to the stored bytes exactly."""
+    got = [m.hex() for m in golden_messages(name)]
+    path = GOLDEN / f"{name}.hex"
+    if os.environ.get("FLOWPROBE_REGEN_GOLDEN"):
+        path.write_text("\n".join(got) + "\n")
+    assert got == path.read_text().split()
+
+
+def _naive_ms(ms):
+    return datetime.datetime(1970, 1, 1) + datetime.timedelta(milliseconds=ms)
+
+
+def test_ipfix_round_trip_through_ipfix_package():
+    """The `ipfix` package decodes our template and data records to the values
+    of the input records (IANA names, ms times, ICMP type/code)."""
+    enc = IpfixEncoder(EncoderConfig(domain_id=7))
+    arr = make_records(FIXED)
+    stream = enc.template_message() + b"".join(encode_all(enc, arr, len(FIXED)))
+    recs = list(ipfix.reader.from_stream(io.BytesIO(stream)).namedict_iterator())
+    assert len(recs) == len(FIXED)
+    by_src = {str(r.get("sourceIPv4Address") or r.get("sourceIPv6Address")): r for r in recs}
+    tcp = by_src["198.18.0.1"]
+    assert tcp["packetDeltaCount"] == 10 and tcp["octetDeltaCount"] == 5200
+    assert tcp["sourceTransportPort"] == 40000 and tcp["destinationTransportPort"] == 443
+    assert tcp["flowStartMilliseconds"] == _naive_ms(T0_NS // 10**6)
+    assert tcp["flowEndMilliseconds"] == _naive_ms((T0_NS + 1_500_000_000) // 10**6)
+    assert tcp["vlanId"] == 100 and tcp["flowEndReason"] == 3 and tcp["tcpControlBits"] == 0x1B
+    assert tcp["minimumTTL"] == 60 and tcp["maximumTTL"] == 64 and tcp["ipVersion"] == 4
+    assert tcp["icmpTypeCodeIPv4"] == 0
+    icmp6 = by_src["2001:db8::1"]
+    assert icmp6["icmpTypeCodeIPv6"] == 128 << 8 and icmp6["destinationTransportPort"] == 128 << 8
+    qinq = by_src["198.18.0.3"]
+    assert qinq["vlanId"] == 200 and qinq["dot1qCustomerVlanId"] == 300
+    big = by_src["198.18.0.5"]
+    assert big["packetDeltaCount"] == 5_000_000_000 and big["octetDeltaCount"] == (1 << 32) + 5
+    assert big["ingressInterface"] == 70000
+
+
+def test_template_and_data_layout_agree():
+    """The record length announced by each template equals what C writes."""
+    for t in registry.ipfix_flow_templates() + registry.v9_flow_templates():
+        arr = t.fields_cdata(ffi, lib)
+        assert lib.enc_record_length(arr, len(arr)) == t.record_length
+        rec = t.ipfix_record()
+        n = struct.unpack_from("!H", rec, 2)[0]
+        assert n == len(t.fields)
+        assert sum(struct.unpack_from("!H", rec, 4 + 4 * i + 2)[0] for i in range(n)) == t.record_length
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("mtu", [512, 576, 1400, 9000])
+def test_messages_never_exceed_mtu(name, mtu):
+    """Every message fits the MTU and every exportable record is encoded once."""
+    specs = [dict(FIXED[i % len(FIXED)]) for i in range(997)]
+    enc = ENCODERS[name](EncoderConfig(mtu=mtu))
+    arr = make_records(specs)
+    out = list(enc.encode(address(arr), len(specs)))
+    assert all(len(m) <= mtu for m, _ in out)
+    exportable = sum(1 for s in specs if ":" not in s["src"]) if name == "netflow5" else len(specs)
+    assert sum(k for _, k in out) == exportable == enc.records_encoded
+    assert enc.records_not_exportable == len(specs) - exportable
+    for m in (enc.template_message(), enc.options_message(STATS)):
+        assert m is None or len(m) <= mtu
+
+
+def test_netflow5_limits_clamps_and_counts():
+    """v5: at most 30 records per packet, IPv6 counted as not exportable,
+    counters over 32 bits saturate and are counted."""
+    enc = Netflow5Encoder(EncoderConfig(mtu=9000))
+    specs = [dict(FIXED[3])] * 31 + [dict(FIXED[1])] * 3
+    out = list(enc.encode(address(make_records(specs)), len(specs)))
+    assert [k for _, k in out] == [30, 1]
+    assert enc.records_not_exportable == 3 and enc.records_clamped == 31
+    msg = out[0][0]
+    d_pkts, d_octets = struct.unpack_from("!II", msg, 24 + 16)
+    assert d_pkts == d_octets == 0xFFFFFFFF
+    assert struct.unpack_from("!H", msg, 24 + 12)[0] == 0xFFFF     # ifindex 70000
+    assert struct.unpack_from("!I", out[1][0], 16)[0] == 30       # flow_sequence
+
+
+def test_sequence_numbers_follow_each_rfc():
+    """IPFIX counts data records (options data too), v9 counts packets, v5
+    counts flows."""
+    arr = make_records([dict(FIXED[0])] * 40)
+    ip = IpfixEncoder(EncoderConfig(mtu=600))
+    msgs = [ip.template_message()] + encode_all(ip, arr, 40) + [ip.options_message(STATS)] \
+        + encode_all(ip, arr, 5)
+    seqs = [struct.unpack_from("!I", m, 8)[0] for m in msgs]
+    per_msg = (600 - 16 - 4) // registry.ipfix_flow_templates()[0].record_length
+    assert seqs[:3] == [0, 0, per_msg]
+    assert seqs[-1] == 40 + 2
+    v9 = Netflow9Encoder(EncoderConfig(mtu=600))
+    msgs = [v9.template_message()] + encode_all(v9, arr, 40)
+    assert [struct.unpack_from("!I", m, 12)[0] for m in msgs] == list(range(len(msgs)))
+
+
+def test_netflow_times_follow_the_packet_clock():
+    """v9/v5 headers: unix time is the latest packet time; header time minus
+    sysUptime plus First/Last gives the packet times to the millisecond."""
+    arr = make_records(FIXED)
+    v9 = Netflow9Encoder(EncoderConfig())
+    m = encode_all(v9, arr, len(FIXED))[0]
+    _, count, uptime, secs, _, _ = struct.unpack_from("!HHIIII", m)
+    latest_ms = max(s.get("last_ns", s["first_ns"]) for s in FIXED) // 10**6
+    assert secs == latest_ms // 1000
+    boot = secs * 1000 - uptime
+    rec_len = registry.v9_flow_templates()[0].record_length
+    t = registry.v9_flow_templates()[0]
+    off = 20 + 4 + sum(f.length for f in t.fields[: [f.name for f in t.fields].index("flowStartSysUpTime")])
+    first, last = struct.unpack_from("!II", m, off)
+    assert boot + first == T0_NS // 10**6
+    assert boot + last == (T0_NS + 1_500_000_000) // 10**6
+    assert rec_len > 0
+    v5 = Netflow5Encoder(EncoderConfig())
+    m = encode_all(v5, arr, len(FIXED))[0]
+    _, _, uptime, secs, nsecs = struct.unpack_from("!HHIII", m)
+    boot = secs * 1000 + nsecs // 10**6 - uptime
+    first, last = struct.unpack_from("!II", m, 24 + 24)
+    assert boot + first == T0_NS // 10**6 and boot + last == (T0_NS + 1_500_000_000) // 10**6
+
+
+def test_older_record_rebases_boot_time():
+    """A record older than the virtual boot time moves boot earlier; its
+    uptime stays positive and exact."""
+    enc = Netflow9Encoder(EncoderConfig(boot_margin_ms=10))
+    enc_arr = make_records([dict(FIXED[0], first_ns=T0_NS + 10**12, last_ns=T0_NS + 10**12)])
+    encode_all(enc, enc_arr, 1)
+    old = make_records([dict(FIXED[0])])
+    m = encode_all(enc, old, 1)[0]
+    _, _, uptime, secs, _, _ = struct.unpack_from("!HHIIII", m)
+    t = registry.v9_flow_templates()[0]
+    off = 20 + 4 + sum(f.length for f in t.fields[: [f.name for f in t.fields].index("flowStartSysUpTime")])
+    assert secs * 1000 - uptime + struct.unpack_from("!I", m, off)[0] == T0_NS // 10**6
+
+
+def test_bad_field_is_rejected_by_c():
+    """The C encoder refuses an unknown field id or a bad length."""
+    bad = ffi.new("struct enc_field[]", [(999, 4)])
+    lay = ffi.new("struct enc_layout *")
+    lay.fields4, lay.nfields4, lay.set_id4, lay.set_align = bad, 1, 256, 1
+    res = ffi.new("struct enc_result *")
+    buf = ffi.new("uint8_t[]", 64)
+    arr = make_records([FIXED[0]])
+    assert lib.enc_encode(lay, address(arr), 1, buf, 64, res) < 0
+
+
+def test_unknown_scheme_lists_valid_ones():
+    """An unknown URL scheme is an error naming every valid scheme."""
+    with pytest.raises(ExportConfigError) as e:
+        parse_url("sflow://127.0.0.1:6343")
+    for s in ("ipfix://", "ipfix+tcp://", "ipfix+file://", "netflow9://", "netflow5://"):
+        assert s in str(e.value)
+    with pytest.raises(ExportConfigError):
+        build_exporter({"encoder": "ipfix", "transport": "udpp", "host": "127.0.0.1", "port": 1})
+
+
+def test_file_export_rotates_and_reads_back(tmp_path):
+    """IPFIX files (RFC 5655) rotate by size; each file opens with templates
+    and the `ipfix` package reads every record back."""
+    path = tmp_path / "out.ipfix"
+    exp = build_exporter({"url": f"ipfix+file://{path}", "rotate_bytes": 4000,
+                           "mtu": 1400})
+    exp.open()
+    arr = make_records([dict(FIXED[i % 4], src_port=i) for i in range(300)])
+    exp.sink(address(arr), 300)
+    exp.close()
+    files = exp.transport.files
+    assert len(files) > 3 and all(os.path.getsize(f) <= 4000 for f in files)
+    n = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            for rec in ipfix.reader.from_stream(fh).namedict_iterator():
+                n += "packetDeltaCount" in rec
+    assert n == 300
+    assert exp.stats()["records_exported"] == 300
+
+
+def test_collector_down_never_stops_the_export():
+    """UDP to a port nobody listens on, TCP to a refused port: sink() returns
+    at once, failures are counters, nothing raises."""
+    from collectors import free_port
+    import socket
+    udp = build_exporter({"url": f"ipfix://127.0.0.1:{free_port()}", "rate_msgs_s": 0})
+    tcp = build_exporter({"url": f"ipfix+tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+                          "max_buffer_bytes": 20_000, "close_timeout_s": 0})
+    arr = make_records([dict(FIXED[i % 4], src_port=i) for i in range(2000)])
+    for exp in (udp, tcp):
+        exp.open()
+        for _ in range(3):
+            exp.sink(address(arr), 2000)
+        exp.close()
+    assert udp.stats()["send_errors"] > 0
+    st = tcp.stats()
+    assert st["send_errors"] > 0 and st["records_exported"] == 0
+    assert st["records_not_sent"] == 6000
