@@ -10,9 +10,9 @@ APT_PACKAGES := build-essential python3-dev python3-pip libpcap-dev clang \
 	libclang-rt-14-dev softflowd nfdump tshark tcpreplay netsniff-ng tcpdump \
 	iproute2 ethtool libxdp-dev libbpf-dev pkg-config
 # Build requirements, setup.py's install_requires and the "test" extra.
-PY_DEPS := 'setuptools>=64' wheel 'cffi>=1.15' pyyaml structlog ipfix pyroute2 \
+PY_DEPS := 'setuptools>=64' wheel 'cffi>=1.15' pyyaml structlog ipfix pyroute2 prometheus-client \
 	pytest hypothesis atheris
-PY_IMPORTS := setuptools, wheel, cffi, yaml, structlog, ipfix, pyroute2, pytest, hypothesis, atheris
+PY_IMPORTS := setuptools, wheel, cffi, yaml, structlog, ipfix, pyroute2, prometheus_client, pytest, hypothesis, atheris
 
 export DEBIAN_FRONTEND := noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -20,7 +20,7 @@ export PIP_ROOT_USER_ACTION := ignore
 # A Debian system Python refuses pip installs without this (PEP 668).
 export PIP_BREAK_SYSTEM_PACKAGES := 1
 
-.PHONY: all deps build test run bench clean
+.PHONY: all deps build test run bench bench-live clean
 
 all: build
 
@@ -41,10 +41,13 @@ test: deps build
 	$(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
 
 run: deps build
-	$(PYTHON) -m flowprobe replay probe/data/sample.pcap --json
+	$(SUDO) $(PYTHON) -m flowprobe.probe.demo
 
 bench: deps build
 	$(PYTHON) bench/run.py
+
+bench-live: deps build
+	$(PYTHON) bench/live.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis bench/out bench/results

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .loader import apply_overrides, default_config, load_config, load_config_text
 from .schema import (EXPORT_SCHEMES, CaptureConfig, Config, ConfigError, ExportConfig,
+                     MetricsConfig, SupervisorConfig,
                      FlowConfig, LoggingConfig, ReplayConfig, validate)
 
 #: The documented default configuration file shipped with the package.

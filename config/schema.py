@@ -119,10 +119,14 @@ class ExportConfig:
     url: str = setting(check=check_export_url)
     mtu: int = setting(1400, min=512, max=65535)
     observation_domain: int = setting(1, min=0, max=2**32 - 1)
-    template_refresh_packets: int = setting(20, min=0)
-    template_refresh_s: float = setting(60.0, min=0)
-    rate_pps: int = setting(2000, min=0)
-    buffer_bytes: int = setting(4 * MiB, min=64 * KiB, max=2**31)
+    template_refresh_messages: int = setting(20, min=0)
+    template_refresh_s: float = setting(10.0, min=0)
+    options_interval_s: float = setting(60.0, min=0)
+    rate_msgs_s: int = setting(5000, min=0)
+    max_buffer_bytes: int = setting(4 * MiB, min=64 * KiB, max=2**31)
+    backoff_max_s: float = setting(30.0, min=0.1)
+    rotate_bytes: int = setting(0, min=0)
+    rotate_s: float = setting(0.0, min=0)
 
     @property
     def scheme(self) -> str:
@@ -141,10 +145,62 @@ class ExportConfig:
         return urlsplit(self.url).path
 
 
+def parse_interfaces(value: str | None) -> list[str]:
+    """``"eth1, eth2"`` -> ["eth1", "eth2"] (order kept, duplicates dropped)."""
+    out: list[str] = []
+    for name in (value or "").replace(" ", ",").split(","):
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def check_interfaces(value: str | None) -> str | None:
+    for name in parse_interfaces(value):
+        if len(name) > 15 or "/" in name:
+            return f"bad interface name {name!r}"
+    return None
+
+
+def parse_cpulist(value: str) -> list[int]:
+    """Linux cpulist syntax: ``"0-3,6"`` -> [0, 1, 2, 3, 6]; ValueError if bad."""
+    cpus: list[int] = []
+    for part in value.replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if first < 0 or last < first or last >= 4096:
+            raise ValueError(part)
+        cpus.extend(c for c in range(first, last + 1) if c not in cpus)
+    return cpus
+
+
+def check_cpulist(value: str) -> str | None:
+    try:
+        parse_cpulist(value)
+    except ValueError:
+        return f"bad CPU list {value!r} (expected e.g. '0-3,6')"
+    return None
+
+
+def check_listen(value: str | None) -> str | None:
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"bad listen address {value!r} (expected HOST:PORT)"
+    return None
+
+
+def check_power_of_two(value: int) -> str | None:
+    return None if value > 0 and not value & (value - 1) else \
+        f"expected a power of two, got {value}"
+
+
 @dataclass(frozen=True)
 class CaptureConfig:
     """Live capture (TPACKET_V3 ring) settings."""
-    interface: str | None = setting(None)
+    interface: str | None = setting(None, check=check_interfaces)
     snaplen: int = setting(256, min=64, max=262144)
     block_size: int = setting(1 * MiB, min=4 * KiB, max=2**31, multiple_of=4096)
     block_count: int = setting(64, min=1, max=65536)
@@ -153,6 +209,31 @@ class CaptureConfig:
     filter: str = setting("")
     busy_poll: bool = setting(False)
     sampling_rate: int = setting(1, min=1, max=2**31)
+    # AF_XDP (backend: afxdp); frame_size is also the UMEM chunk size
+    backend: str = setting("afpacket", choices=("afpacket", "afxdp"))
+    xdp_mode: str = setting("auto", choices=("auto", "native", "skb"))
+    umem_frames: int = setting(32768, min=64, max=2**20, check=check_power_of_two)
+    queues: int = setting(0, min=0, max=4096)
+    xdp_wait: str = setting("sleep", choices=("sleep", "poll"))
+    xdp_sleep_us: int = setting(1000, min=1, max=1_000_000)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """`flowprobe run`: reader processes, their CPUs, health checks, stats."""
+    workers: int | None = setting(None, min=1, max=1024)
+    cpus: str = setting("", check=check_cpulist)
+    heartbeat_timeout_s: float = setting(10.0, positive=True)
+    stats_interval_s: float = setting(30.0, positive=True)
+    stats_socket: str = setting("/run/flowprobe/flowprobe.sock")
+    graceful_timeout_s: float = setting(30.0, positive=True)
+    restart_backoff_max_s: float = setting(30.0, positive=True)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Optional Prometheus endpoint served by the supervisor."""
+    listen: str | None = setting(None, check=check_listen)
 
 
 @dataclass(frozen=True)
@@ -163,6 +244,8 @@ class Config:
     logging: LoggingConfig = setting(factory=LoggingConfig)
     export: tuple[ExportConfig, ...] = setting(())
     capture: CaptureConfig = setting(factory=CaptureConfig)
+    supervisor: SupervisorConfig = setting(factory=SupervisorConfig)
+    metrics: MetricsConfig = setting(factory=MetricsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts/lists, ready for yaml.safe_dump or json."""
@@ -187,6 +270,15 @@ def cross_checks(cfg: Config) -> list[tuple[str, str]]:
     if cap.snaplen > cap.frame_size:
         errors.append(("capture.snaplen", f"{cap.snaplen} exceeds capture.frame_size "
                        f"{cap.frame_size}"))
+    if cap.backend == "afxdp":
+        if cap.frame_size not in (2048, 4096):
+            errors.append(("capture.frame_size", f"{cap.frame_size}: with backend afxdp "
+                           "the UMEM chunk size must be 2048 or 4096"))
+        for key, value, neutral in (("filter", cap.filter, ""),
+                                    ("sampling_rate", cap.sampling_rate, 1)):
+            if value != neutral:
+                errors.append((f"capture.{key}", f"{value!r}: not available with "
+                               "backend afxdp (every frame is captured)"))
     return errors
 
 

@@ -6,7 +6,7 @@
 
 URL schemes (SCHEMES): ipfix:// (UDP), ipfix+tcp://, ipfix+file:///PATH,
 netflow9://, netflow5://. Options go in the query string or a config
-mapping: mtu, domain_id, rate_msgs_s, template_refresh_messages,
+mapping: mtu, observation_domain, rate_msgs_s, template_refresh_messages,
 template_refresh_s, options_interval_s, max_buffer_bytes, backoff_max_s,
 close_timeout_s, rotate_bytes, rotate_s, sampling_interval, engine_id,
 engine_type, exporting_process_id.
@@ -329,7 +329,7 @@ def build_exporter(item, engine_stats=None) -> Exporter:
         raise ExportConfigError("netflow5 is exported over udp only")
     cfg = EncoderConfig(
         mtu=_num(o, "mtu", 1400 if tr_name == "udp" else 65000),
-        domain_id=_num(o, "domain_id", 0),
+        domain_id=_num(o, "observation_domain", 0),
         engine_type=_num(o, "engine_type", 0),
         engine_id=_num(o, "engine_id", 0),
         sampling_interval=_num(o, "sampling_interval", 1),

@@ -128,7 +128,8 @@ SUBCOMMANDS: dict[str, Builder | str] = {
     "replay": _add_replay,
     "nic": "flowprobe.driver.nic:add_parser",
     "collect": "flowprobe.exporters.collector_cli:add_parser",
-    "run": "flowprobe.probe.reader:add_parser",
+    "run": "flowprobe.probe.supervisor:add_parser",
+    "stats": "flowprobe.probe.stats:add_parser",
 }
 
 

@@ -1,32 +1,41 @@
-"""The live reader: one TPACKET_V3 ring -> flow table -> exporters.
+"""The live reader: one capture ring -> flow table -> exporters.
 
-The loop, per ring block: wait (poll), hand the whole block to the flow
-table in one C call, give the block back; between blocks, on a timer,
-advance the table's clock to the wall clock (idle flows expire even when
-no packets arrive), tick the exporters and log stats. SIGINT/SIGTERM only
-set a flag: the reader finishes its block, ends every flow, exports,
-flushes its transports and exits 0.
+The loop, per ring block: wait (poll, with a timeout up to the next
+housekeeping deadline), hand the whole block to the flow table in one C
+call, give the block back; between blocks, on a timer, advance the table's
+clock to the wall clock (idle flows expire even when no packets arrive),
+tick the exporters (template refresh), beat the heartbeat and publish
+stats. A stop request only sets a flag: the reader finishes its block, ends
+every flow, exports, flushes its transports and returns ExitCode.OK.
+
+A reader runs in its own process under the supervisor (probe/readerproc.py);
+``reload(cfg)`` applies a new config in place: filter, flow timeouts and
+exporters change without losing a flow.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import errno
-import signal
-import sys
+import json
+import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from flowprobe.probe.errors import CaptureSetupError, ExitCode
-from flowprobe.probe.flowtable.table import FlowTable, Sink
+from flowprobe.probe.flowtable.table import FlowTable, iter_records
 from flowprobe.probe.logs import get_logger
-from flowprobe.probe.replay import JsonSink, fan_out
 
 #: ARPHRD_* of the capture interface -> the link type of what the ring hands
 #: out (SOCK_RAW packet sockets deliver the device's link-layer header).
 ARPHRD_LINKTYPE = {1: 1, 772: 1, 65534: 101}
 
-TICK_S = 0.1            # how often the clock advances without packets
-STATS_INTERVAL_S = 30.0  # one stats line per reader this often
+#: Encoder attributes holding the export header's sequence number (IPFIX,
+#: NetFlow v9, v5): carried over when a reader or an exporter is replaced, so
+#: a collector sees one unbroken sequence per observation domain.
+SEQUENCE_ATTRS = ("sequence", "package_sequence", "flow_sequence")
+
+TICK_S = 0.1             # how often the clock advances without packets
+PIPE_BUF = 4096          # writes up to this size to a pipe are atomic
 
 
 def linktype_of(iface: str) -> int:
@@ -42,43 +51,112 @@ def linktype_of(iface: str) -> int:
     return ARPHRD_LINKTYPE[arphrd]
 
 
+def open_ring(cfg, iface: str, index: int, fanout_group: int = 0):
+    """The one factory of capture rings (reader ``index`` on ``iface``).
+
+    Today a TPACKET_V3 ring; a ``capture.backend`` option (AF_XDP, queue =
+    index) plugs in here. Raises CaptureSetupError with the interface named.
+    """
+    from flowprobe.driver.ring import Ring, RingError
+    try:
+        if getattr(cfg.capture, "backend", "afpacket") == "afxdp":
+            from flowprobe.driver.xsk import XskRing, capture_queues
+            queues = capture_queues(cfg.capture, iface)
+            if index >= len(queues):
+                raise ValueError(f"reader {index} has no queue: afxdp captures "
+                                 f"{len(queues)} RX queue(s), one reader each")
+            queue = queues[index]
+            return XskRing.from_config(cfg.capture, iface, queue=queue)
+        return Ring.from_config(cfg.capture, iface, fanout_group=fanout_group)
+    except (RingError, OSError, ValueError) as exc:
+        raise CaptureSetupError(f"{iface}: cannot open capture ring: {exc}") from None
+
+
+def export_items(cfg, export_urls: list[str], index: int) -> list[dict]:
+    """Exporter options for reader ``index``: each destination gets the
+    observation domain / source id ``base + index`` so that a collector sees
+    one exporter per reader (own sequence numbers and templates)."""
+    items = []
+    for e in cfg.export:
+        item = dataclasses.asdict(e)
+        item["observation_domain"] = (e.observation_domain + index) & 0xFFFFFFFF
+        items.append(item)
+    for url in export_urls:
+        items.append({"url": url, "observation_domain": 1 + index})
+    return items
+
+
+def build_exporter_set(items: list[dict]):
+    """An ExporterSet, or None without destinations; config problems
+    become ConfigError (exit 2)."""
+    if not items:
+        return None
+    from flowprobe.config import ConfigError
+    from flowprobe.exporters.exporter import ExportConfigError, build_exporters
+    try:
+        return build_exporters(items)
+    except ExportConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class LineWriter:
+    """JSON records to a file descriptor in whole lines: every write is at
+    most PIPE_BUF bytes of complete lines, so readers sharing stdout never
+    interleave inside a line."""
+
+    def __init__(self, fd: int = 1) -> None:
+        self.fd = fd
+
+    def __call__(self, records, n: int) -> None:
+        chunk: list[bytes] = []
+        size = 0
+        for d in iter_records(records, n):
+            line = (json.dumps(d, separators=(",", ":")) + "\n").encode()
+            if size + len(line) > PIPE_BUF and chunk:
+                self._write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+
 class Reader:
     """One ring, one flow table, its own exporters."""
 
-    def __init__(self, cfg, iface: str, *, export_urls: list[str] = (),
-                 json_out: bool = False, fanout_group: int = 0,
-                 observation_domain: int | None = None) -> None:
+    def __init__(self, cfg, iface: str, *, index: int = 0, worker: int | None = None,
+                 export_urls: list[str] = (), json_out: bool = False,
+                 fanout_group: int = 0, log: Any = None) -> None:
         self.cfg = cfg
         self.iface = iface
+        self.index = index
+        self.export_urls = list(export_urls)
         self.linktype = linktype_of(iface)
-        self.log = get_logger(iface=iface)
+        self.log = log or get_logger(iface=iface, ring=index)
         self.stopping = False
-        from flowprobe.driver.ring import Ring, RingError
-        self._ring_error = RingError
-        try:
-            self.ring = Ring.from_config(cfg.capture, iface, fanout_group=fanout_group)
-        except (RingError, OSError) as exc:
-            raise CaptureSetupError(f"{iface}: cannot open capture ring: {exc}") from None
-        sinks: list[Sink] = [JsonSink(sys.stdout)] if json_out else []
-        self.exporters = None
-        export = list(cfg.export) + list(export_urls)
-        if export:
-            from flowprobe.exporters.exporter import build_exporters
-            self.exporters = build_exporters(export)
-            sinks.append(self.exporters.sink)
-        self.table = FlowTable(cfg.flow, fan_out(sinks) if sinks else None,
-                               ifindex=self.ring.ifindex)
+        self.final_stats: dict[str, Any] = {}
+        # index: the reader's slot (observation domain); worker: its place
+        # among the readers of this interface (the queue, for AF_XDP)
+        self.ring = open_ring(cfg, iface, index if worker is None else worker, fanout_group)
+        self._ring_error = _ring_error_type()
+        self.json_sink = LineWriter(1) if json_out else None
+        self.exporters = build_exporter_set(export_items(cfg, self.export_urls, index))
+        self.retired: dict[str, dict] = {}      # stats of exporters replaced by reload
+        self.table = FlowTable(cfg.flow, self._sink, ifindex=self.ring.ifindex)
         if self.exporters is not None:
             self.exporters.attach(self.table)
         self.batch = self.table.packet_batch(self.ring.block_capacity)
 
-    # -- signals -------------------------------------------------------
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.handle_stop)
-
-    def handle_stop(self, signum, frame) -> None:  # noqa: ARG002
-        self.stopping = True
+    def _sink(self, records, n: int) -> None:
+        if self.json_sink is not None:
+            self.json_sink(records, n)
+        if self.exporters is not None:
+            self.exporters.sink(records, n)
 
     # -- the loop ------------------------------------------------------
     def read_block(self, timeout_ms: int) -> int:
@@ -102,21 +180,30 @@ class Reader:
         if self.exporters is not None:
             self.exporters.tick(now_ns)
 
-    def run(self) -> int:
+    def run(self, *, beat: Callable[[], None] | None = None,
+            between_blocks: Callable[[float], None] | None = None,
+            stats_interval_s: float = 30.0) -> int:
+        """Read until stopped. ``beat`` runs every turn (heartbeat);
+        ``between_blocks(now)`` after each housekeeping tick (publish stats,
+        read control messages)."""
         self.log.info("reader_started", linktype=self.linktype,
                       ring_block_capacity=self.ring.block_capacity)
         next_tick = time.monotonic()
-        next_stats = next_tick + STATS_INTERVAL_S
+        next_stats = next_tick + stats_interval_s
         while not self.stopping:
+            if beat is not None:
+                beat()
             timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
             self.read_block(timeout_ms)
             now = time.monotonic()
             if now >= next_tick:
                 self.housekeeping(time.time_ns())
+                if between_blocks is not None:
+                    between_blocks(now)
                 next_tick = now + TICK_S
             if now >= next_stats:
                 self.log.info("reader_stats", **self.stats())
-                next_stats = now + STATS_INTERVAL_S
+                next_stats = now + stats_interval_s
         return self.shutdown()
 
     def shutdown(self) -> int:
@@ -125,50 +212,83 @@ class Reader:
             pass
         self.table.expire(time.time_ns())
         self.table.flush()
+        self.table.expire(0)
         if self.exporters is not None:
             self.exporters.close()
-        stats = self.stats()
+        stats = self.final_stats = self.stats()
         self.ring.close()
         self.log.info("reader_stopped", **stats)
-        sys.stdout.flush()
         return ExitCode.OK
+
+    # -- reload ----------------------------------------------------------
+    def reload(self, cfg) -> list[str]:
+        """Apply ``cfg`` in place (filter, flow timeouts, exporters); returns
+        what changed. Raises on a bad new setting, leaving that part as it was."""
+        changed = []
+        if cfg.capture.filter != self.cfg.capture.filter:
+            self.ring.set_filter(cfg.capture.filter)
+            changed.append("capture.filter")
+        if cfg.flow != self.cfg.flow:
+            self.table.set_timeouts(cfg.flow)
+            changed.append("flow")
+        items = export_items(cfg, self.export_urls, self.index)
+        if items != export_items(self.cfg, self.export_urls, self.index):
+            self.swap_exporters(build_exporter_set(items))
+            changed.append("export")
+        self.cfg = cfg
+        return changed
+
+    def swap_exporters(self, new) -> None:
+        """Records already expired go to the old exporters, which are then
+        flushed and closed; every later record goes to ``new``."""
+        self.table.expire(time.time_ns())
+        old, self.exporters = self.exporters, None
+        if old is not None:
+            old.close()
+            for name, st in old.stats().items():
+                prev = self.retired.get(name)
+                self.retired[name] = st if prev is None else _add(prev, st)
+        self.exporters = new
+        if new is not None:
+            new.attach(self.table)
+            if old is not None:
+                self.restore_sequences(_sequences(old))
+
+    def export_sequences(self) -> dict[str, dict[str, int]]:
+        return _sequences(self.exporters) if self.exporters is not None else {}
+
+    def restore_sequences(self, sequences: dict[str, dict[str, int]]) -> None:
+        """Continue the sequence numbers of a previous reader in this slot."""
+        for e in self.exporters or ():
+            for attr, value in sequences.get(e.name, {}).items():
+                if attr in SEQUENCE_ATTRS and hasattr(e.encoder, attr):
+                    setattr(e.encoder, attr, int(value))
 
     def stats(self) -> dict[str, Any]:
         out = {"ring": self.ring.stats(), "table": self.table.stats()}
         if self.exporters is not None:
             out["exporters"] = self.exporters.stats()
+        if self.retired:
+            out["exporters_retired"] = self.retired
+        out["sequences"] = self.export_sequences()
         return out
 
 
-# -- CLI ---------------------------------------------------------------
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("run", help="capture live on an interface and export flows")
-    p.add_argument("-i", "--interface", metavar="IFACE",
-                   help="capture interface (capture.interface)")
-    p.add_argument("-c", "--config", metavar="CONFIG",
-                   help="YAML config file (default: built-in defaults)")
-    p.add_argument("--export", metavar="URL", action="append", default=[],
-                   help="export to URL (repeatable), e.g. ipfix://127.0.0.1:4739")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object per expired flow on stdout")
-    p.set_defaults(handler=cmd_run)
+def _sequences(exporters) -> dict[str, dict[str, int]]:
+    return {e.name: {a: getattr(e.encoder, a) for a in SEQUENCE_ATTRS
+                     if hasattr(e.encoder, a)} for e in exporters}
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from flowprobe.config import ConfigError
-    from flowprobe.probe.cli import _configure_logging, build_config, export_url_errors
-    errors = export_url_errors(args.export)
-    try:
-        cfg = build_config(args.config, {"capture.interface": args.interface})
-    except ConfigError as exc:
-        raise ConfigError(str(exc).splitlines() + errors) from None
-    if errors:
-        raise ConfigError(errors)
-    if not cfg.capture.interface:
-        raise ConfigError(["capture.interface: no interface (give -i IFACE or set it)"])
-    _configure_logging(cfg)
-    reader = Reader(cfg, cfg.capture.interface, export_urls=list(args.export),
-                    json_out=bool(args.json))
-    reader.install_signal_handlers()
-    return int(reader.run())
+def _ring_error_type() -> type:
+    from flowprobe.driver.ring import RingError
+    return RingError
+
+
+def _add(a: Any, b: Any) -> Any:
+    """Counter-wise sum of two nested stats dicts (other values: b's)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: _add(a[k], b[k]) if k in a and k in b else b.get(k, a.get(k))
+                for k in {**a, **b}}
+    if type(a) in (int, float) and type(b) in (int, float):
+        return a + b
+    return b

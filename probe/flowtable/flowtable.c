@@ -586,3 +586,22 @@ void ft_get_stats(const struct ft_table *t, struct ft_stats *out)
     *out = t->st;
     out->records_pending = t->pending_count;
 }
+
+int ft_set_timeouts(struct ft_table *t, uint64_t idle_ns, uint64_t active_ns,
+                    uint64_t tcp_end_grace_ns)
+{
+    if (idle_ns == 0 || active_ns == 0)
+        return -EINVAL;
+    if (t->flushing)
+        return -EBUSY;
+    t->cfg.idle_timeout_ns = idle_ns;
+    t->cfg.active_timeout_ns = active_ns;
+    t->cfg.tcp_end_grace_ns = tcp_end_grace_ns;
+    for (uint32_t id = 0; id < t->cfg.max_flows; id++) {
+        if (t->flows[id].state & FLOW_USED) {
+            wheel_unlink(t, id);
+            wheel_insert(t, id);
+        }
+    }
+    return 0;
+}

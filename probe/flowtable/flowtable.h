@@ -186,3 +186,11 @@ size_t ft_expire(struct ft_table *t, uint64_t now_ns,
 size_t ft_flush(struct ft_table *t);
 
 void ft_get_stats(const struct ft_table *t, struct ft_stats *out);
+
+/*
+ * Change the expiry timers of a live table (config reload): every flow is
+ * re-slotted under the new deadlines, none is ended. O(max_flows). Returns
+ * 0, -EINVAL for a zero idle/active timeout, -EBUSY while flushing.
+ */
+int ft_set_timeouts(struct ft_table *t, uint64_t idle_ns, uint64_t active_ns,
+                    uint64_t tcp_end_grace_ns);

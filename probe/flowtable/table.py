@@ -133,6 +133,14 @@ class FlowTable:
     def entry_size() -> int:
         return lib.ft_flow_entry_size()
 
+    def set_timeouts(self, flow_cfg) -> None:
+        """Apply flow_cfg's idle/active/TCP-grace timers to the live table."""
+        rc = lib.ft_set_timeouts(self._table, int(flow_cfg.idle_timeout_s * NS_PER_S),
+                                 int(flow_cfg.active_timeout_s * NS_PER_S),
+                                 int(flow_cfg.tcp_end_grace_s * NS_PER_S))
+        if rc < 0:
+            raise FlowTableError(f"cannot set timeouts: {os.strerror(-rc)}")
+
     def stats(self) -> dict:
         """Every counter of the table, with skip and end reasons by name."""
         lib.ft_get_stats(self._table, self._stats)

@@ -45,10 +45,19 @@ def stop_probe(proc, timeout=30):
 
 
 def final_stats(err: str) -> dict:
-    for line in reversed(err.splitlines()):
+    """The readers' final counters, summed (one reader_stopped line each)."""
+    total = None
+    for line in err.splitlines():
         if '"reader_stopped"' in line:
-            return json.loads(line)
-    raise AssertionError("no reader_stopped line:\n" + err[-2000:])
+            total = add(total, json.loads(line)) if total else json.loads(line)
+    assert total is not None, "no reader_stopped line:\n" + err[-2000:]
+    return total
+
+
+def add(a, b):
+    if isinstance(a, dict):
+        return {k: add(a[k], b[k]) if k in b else a[k] for k in a}
+    return a + b if isinstance(a, int) and isinstance(b, int) else a
 
 
 @pytest.fixture

@@ -1,0 +1,250 @@
+"""Probe counters: normalized per reader, summed, served on a unix socket.
+
+Readers publish raw snapshots (probe/heartbeat.py); ``counters(snapshot)``
+turns one into the normalized shape every consumer uses (the stats socket,
+``flowprobe stats``, the Prometheus endpoint, the final log line)::
+
+    ring:      packets drops freezes
+    table:     packets_seen packets_accepted octets_accepted skipped{reason}
+               flows_active flows_created flows_expired{reason}
+               records_emitted packets_emitted octets_emitted
+    exporters: {name: records_exported records_failed messages send_errors}
+
+The socket protocol: connect, read one JSON document until EOF.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from typing import Any, Callable
+
+from flowprobe.probe.errors import ExitCode, FlowprobeError
+
+DEFAULT_SOCKET = "/run/flowprobe/flowprobe.sock"
+
+
+def counters(snap: dict | None) -> dict:
+    """The normalized counters of one reader snapshot (empty for None)."""
+    snap = snap or {}
+    ring = snap.get("ring", {})
+    table = snap.get("table", {})
+    out: dict[str, Any] = {
+        "ring": {"packets": ring.get("kernel_packets", 0),
+                 "drops": ring.get("kernel_drops", 0),
+                 "freezes": ring.get("freeze_q_cnt", 0)},
+        "table": {k: table.get(k, 0) for k in (
+            "packets_seen", "packets_accepted", "octets_accepted", "flows_active",
+            "flows_created", "records_emitted", "packets_emitted", "octets_emitted")},
+        "exporters": {},
+    }
+    out["table"]["skipped"] = dict(table.get("skipped", {}))
+    out["table"]["flows_expired"] = dict(table.get("flows_expired", {}))
+    for group in ("exporters_retired", "exporters"):
+        for name, st in (snap.get(group) or {}).items():
+            one = {"records_exported": st.get("records_exported", 0),
+                   "records_failed": st.get("records_not_sent", 0)
+                   + st.get("records_not_exportable", 0),
+                   "messages": st.get("messages", 0),
+                   "send_errors": st.get("send_errors", 0)}
+            prev = out["exporters"].get(name)
+            out["exporters"][name] = one if prev is None else add(prev, one)
+    return out
+
+
+def add(a: Any, b: Any) -> Any:
+    """Counter-wise sum of two nested dicts of counters."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: add(a[k], b[k]) if k in a and k in b else (b[k] if k in b else a[k])
+                for k in {**a, **b}}
+    if type(a) in (int, float) and type(b) in (int, float):
+        return a + b
+    return b
+
+
+def total(items: list[dict]) -> dict:
+    out: dict = counters(None)
+    for c in items:
+        out = add(out, c)
+    return out
+
+
+def held(c: dict) -> dict:
+    """What a reader holds but has not exported: lost if it dies."""
+    t = c["table"]
+    return {"flows": t["flows_active"],
+            "packets": t["packets_accepted"] - t["packets_emitted"],
+            "octets": t["octets_accepted"] - t["octets_emitted"]}
+
+
+def retired(c: dict) -> dict:
+    """Counters of an exited reader: its flows are no longer active."""
+    out = json.loads(json.dumps(c))
+    out["table"]["flows_active"] = 0
+    return out
+
+
+def records_exported(c: dict) -> int:
+    return sum(e["records_exported"] for e in c["exporters"].values())
+
+
+# ------------------------------------------------------------------ server
+
+class StatsServer:
+    """A unix stream socket; each client gets one JSON document."""
+
+    def __init__(self, path: str, provider: Callable[[], dict], log: Any) -> None:
+        self.path = path
+        self.provider = provider
+        self.log = log
+        self.sock: socket.socket | None = None
+
+    def open(self) -> bool:
+        """Bind the socket; False (and a warning) if it cannot be served."""
+        if not self.path:
+            return False
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            if os.path.exists(self.path):
+                if _alive(self.path):
+                    self.log.warning("stats_socket_in_use", path=self.path)
+                    return False
+                os.unlink(self.path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.bind(self.path)
+            os.chmod(self.path, 0o660)
+            sock.listen(16)
+            sock.setblocking(False)
+        except OSError as exc:
+            self.log.warning("stats_socket_failed", path=self.path, error=str(exc))
+            return False
+        self.sock = sock
+        return True
+
+    def fileno(self) -> int:
+        return self.sock.fileno() if self.sock else -1
+
+    def handle(self) -> None:
+        while self.sock is not None:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                conn.settimeout(1.0)
+                conn.sendall(json.dumps(self.provider(), separators=(",", ":")).encode())
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def _alive(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
+class StatsUnavailable(FlowprobeError):
+    exit_code = ExitCode.FAILURE
+
+
+def fetch(path: str, timeout_s: float = 5.0) -> dict:
+    """The running probe's stats document."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        try:
+            s.connect(path)
+        except OSError as exc:
+            raise StatsUnavailable(f"{path}: cannot reach a running flowprobe "
+                                   f"({exc.strerror or exc})") from None
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return json.loads(b"".join(chunks))
+
+
+# ------------------------------------------------------------------ CLI
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("stats", help="print the counters of a running `flowprobe run`")
+    p.add_argument("--socket", metavar="PATH",
+                   help=f"stats socket (supervisor.stats_socket; default {DEFAULT_SOCKET})")
+    p.add_argument("-c", "--config", metavar="CONFIG",
+                   help="take the socket path from this config file")
+    p.add_argument("--json", action="store_true", help="print the raw JSON document")
+    p.set_defaults(handler=cmd_stats)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    path = args.socket
+    if not path:
+        if args.config:
+            from flowprobe.config import load_config
+            path = load_config(args.config).supervisor.stats_socket
+        else:
+            path = DEFAULT_SOCKET
+    doc = fetch(path)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render(doc))
+    return ExitCode.OK
+
+
+def _line(name: str, c: dict) -> str:
+    t, r = c["table"], c["ring"]
+    exp = sum(e["records_exported"] for e in c["exporters"].values())
+    fail = sum(e["records_failed"] for e in c["exporters"].values())
+    return (f"{name:<34} {r['packets']:>12} {r['drops']:>8} {r['freezes']:>7} "
+            f"{t['packets_accepted']:>12} {sum(t['skipped'].values()):>9} "
+            f"{t['flows_active']:>9} {t['flows_created']:>10} "
+            f"{sum(t['flows_expired'].values()):>10} {exp:>10} {fail:>7}\n")
+
+
+def render(doc: dict) -> str:
+    """A human table: one line per reader and a total, then the details."""
+    out = [f"flowprobe pid {doc.get('pid')}  readers {doc.get('running', 0)}/"
+           f"{len(doc.get('readers', []))} running  config generation "
+           f"{doc.get('generation')}  uptime {doc.get('uptime_s', 0):.0f} s\n",
+           f"{'reader':<34} {'ring_pkts':>12} {'drops':>8} {'freezes':>7} "
+           f"{'accepted':>12} {'skipped':>9} {'active':>9} {'created':>10} "
+           f"{'expired':>10} {'exported':>10} {'failed':>7}\n"]
+    for r in doc.get("readers", []):
+        name = f"{r['index']} {r['iface']} cpu{r['cpu']} pid{r['pid']} {r['state']}"
+        out.append(_line(name[:34], r["counters"]))
+    tot = doc["total"]
+    out.append(_line("total", tot))
+    t = tot["table"]
+    skipped = {k: v for k, v in t["skipped"].items() if v}
+    out.append(f"skipped by reason: {json.dumps(skipped) if skipped else 'none'}\n")
+    out.append(f"flows expired by reason: {json.dumps(t['flows_expired'])}\n")
+    for name, e in tot["exporters"].items():
+        out.append(f"exporter {name}: records exported {e['records_exported']}, "
+                   f"failed {e['records_failed']}, messages {e['messages']}, "
+                   f"send errors {e['send_errors']}\n")
+    lost = doc.get("lost", {})
+    out.append(f"restarts {doc.get('restarts', 0)}; lost with dead readers: "
+               f"flows {lost.get('flows', 0)}, packets {lost.get('packets', 0)}\n")
+    return "".join(out)
