@@ -37,6 +37,7 @@ from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError
 
 from flowprobe.probe.errors import ExitCode
+from flowprobe.driver.xsk import xdp_status
 
 STATE_DIR = Path("/run/flowprobe")
 IFF_UP, IFF_PROMISC, IFF_NOARP = 0x1, 0x100, 0x80
@@ -318,6 +319,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         line = f"{'ok    ' if ok else 'NOT OK'}  {name}"
         print(f"{line}  {detail}" if detail else line)
     print(f"tx_packets {tx}")
+    print(f"xdp {xdp_status(args.iface)}")   # informational: AF_XDP program
     print(f"{args.iface}: {'ready for capture' if ready else 'NOT ready for capture'}")
     return EXIT_READY if ready else EXIT_NOT_READY
 
