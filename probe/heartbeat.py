@@ -48,9 +48,12 @@ class Slot:
     # -- reader side -----------------------------------------------------
     def reset(self, pid: int, generation: int) -> None:
         """A (re)started reader claims the slot; the old snapshot stays
-        readable until the first publish (supervisor keeps it as 'last')."""
-        struct.pack_into("<qII", self._buf, self._off + _PID, pid, STARTING, generation)
+        readable until the first publish (supervisor keeps it as 'last').
+        The beat is written before the pid: the supervisor takes a slot
+        whose pid matches as started, and must never see it with the zero
+        beat of a cleared slot (it would read as decades-old)."""
         self.beat()
+        struct.pack_into("<qII", self._buf, self._off + _PID, pid, STARTING, generation)
 
     def beat(self) -> None:
         struct.pack_into("<Q", self._buf, self._off + _BEAT, time.monotonic_ns())

@@ -260,7 +260,7 @@ class Supervisor:
                 continue
             slot = self.slots[r.spec.index]
             h = slot.header()
-            if h["pid"] != r.pid:         # not yet started
+            if h["pid"] != r.pid or h["beat_ns"] == 0:   # not yet started
                 age, limit = time.monotonic() - r.started_at, max(timeout, STARTUP_GRACE_S)
             else:
                 age = slot.beat_age_s()

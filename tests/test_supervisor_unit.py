@@ -214,3 +214,34 @@ def test_set_timeouts_reslots_live_flows_without_ending_them(tmp_path):
     st = table.stats()
     assert st["flows_active"] == 0 and st["flows_expired"]["idle_timeout"] == len(out)
     assert sum(r["packetDeltaCount"] for r in out) == truth.packets
+
+
+def test_a_claimed_slot_is_never_taken_for_a_decades_old_heartbeat():
+    """A slot cleared after a reader died, then claimed by its successor,
+    never reads as stale: the claim writes the beat before the pid, and a
+    zero beat counts as not yet started (regression: a healthy reader was
+    killed with heartbeat_age_s == seconds since boot)."""
+    cfg = load_config_text("capture:\n  interface: a\nsupervisor:\n  workers: 1\n"
+                           "  heartbeat_timeout_s: 1\n", "t")
+    sup = Supervisor(cfg)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        r = ReaderProcess(sup.specs(cfg)[0], pid=child.pid, started_at=0.0)
+        sup.readers = [r]
+        slot = sup.slots[0]
+        slot.clear()
+        # The window the old claim left open: pid written, beat still zero.
+        import struct
+        struct.pack_into("<qII", slot._buf, slot._off, child.pid, heartbeat.STARTING, 1)
+        sup.check_heartbeats()
+        with pytest.raises(subprocess.TimeoutExpired):   # a SIGKILL lands within this
+            child.wait(timeout=0.5)
+        slot.clear()
+        slot.reset(child.pid, 1)
+        assert slot.beat_age_s() < 1
+        sup.check_heartbeats()
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)
+    finally:
+        child.kill()
+        child.wait()
