@@ -226,7 +226,8 @@ def test_a_claimed_slot_is_never_taken_for_a_decades_old_heartbeat():
     sup = Supervisor(cfg)
     child = subprocess.Popen(["sleep", "30"])
     try:
-        r = ReaderProcess(sup.specs(cfg)[0], pid=child.pid, started_at=0.0)
+        import time
+        r = ReaderProcess(sup.specs(cfg)[0], pid=child.pid, started_at=time.monotonic())
         sup.readers = [r]
         slot = sup.slots[0]
         slot.clear()
