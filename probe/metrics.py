@@ -13,6 +13,9 @@ from typing import Any, Callable
 from flowprobe.config import ConfigError
 
 
+from flowprobe.probe.stats import XDP_COUNTERS
+
+
 def _families(doc: dict):
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     labels = ["reader", "iface"]
@@ -20,6 +23,7 @@ def _families(doc: dict):
         "ring_packets": CounterMetricFamily("flowprobe_ring_packets", "Packets the ring's filter passed (kernel)", labels=labels),
         "ring_drops": CounterMetricFamily("flowprobe_ring_drops", "Packets the kernel dropped (ring full)", labels=labels),
         "ring_freezes": CounterMetricFamily("flowprobe_ring_freezes", "Ring queue freezes", labels=labels),
+        "xdp": CounterMetricFamily("flowprobe_xdp_events", "AF_XDP ring XDP_STATISTICS, by counter", labels=labels + ["counter"]),
         "accepted": CounterMetricFamily("flowprobe_packets_accepted", "Packets accounted in flows", labels=labels),
         "skipped": CounterMetricFamily("flowprobe_packets_skipped", "Packets skipped, by reason", labels=labels + ["reason"]),
         "active": GaugeMetricFamily("flowprobe_flows_active", "Flows held in the table", labels=labels),
@@ -37,6 +41,9 @@ def _families(doc: dict):
         fam["ring_packets"].add_metric(lv, c["ring"]["packets"])
         fam["ring_drops"].add_metric(lv, c["ring"]["drops"])
         fam["ring_freezes"].add_metric(lv, c["ring"]["freezes"])
+        for key in XDP_COUNTERS:
+            if key in c["ring"]:
+                fam["xdp"].add_metric(lv + [key], c["ring"][key])
         fam["accepted"].add_metric(lv, t["packets_accepted"])
         for reason, v in t["skipped"].items():
             fam["skipped"].add_metric(lv + [reason], v)

@@ -72,6 +72,39 @@ def open_ring(cfg, iface: str, index: int, fanout_group: int = 0):
         raise CaptureSetupError(f"{iface}: cannot open capture ring: {exc}") from None
 
 
+def rings_per_interface(cfg, iface: str, workers: int) -> int:
+    """How many readers ``iface`` gets: ``workers`` TPACKET_V3 rings in one
+    fanout group, or with AF_XDP one reader per captured RX queue."""
+    if getattr(cfg.capture, "backend", "afpacket") != "afxdp":
+        return workers
+    from flowprobe.driver.xsk import capture_queues
+    try:
+        return len(capture_queues(cfg.capture, iface))
+    except (OSError, ValueError) as exc:
+        raise CaptureSetupError(f"{iface}: {exc}") from None
+
+
+def attach_shared_programs(cfg, ifaces: list[str]) -> list:
+    """With AF_XDP, attach the redirect program once per interface, owned by
+    the caller (the supervisor) for its lifetime, so that a reader restart on
+    one queue never detaches the program under the other queues. Close the
+    returned handles to detach. Nothing to do for TPACKET_V3."""
+    if getattr(cfg.capture, "backend", "afpacket") != "afxdp":
+        return []
+    from flowprobe.driver.xsk import XdpProgram, capture_queues
+    programs = []
+    try:
+        for iface in ifaces:
+            programs.append(XdpProgram.attach(
+                iface, queues=max(capture_queues(cfg.capture, iface)) + 1,
+                mode=cfg.capture.xdp_mode))
+    except (OSError, ValueError) as exc:
+        for prog in programs:
+            prog.close()
+        raise CaptureSetupError(f"cannot attach XDP program: {exc}") from None
+    return programs
+
+
 def export_items(cfg, export_urls: list[str], index: int) -> list[dict]:
     """Exporter options for reader ``index``: each destination gets the
     observation domain / source id ``base + index`` so that a collector sees

@@ -26,6 +26,10 @@ from flowprobe.probe.errors import ExitCode, FlowprobeError
 DEFAULT_SOCKET = "/run/flowprobe/flowprobe.sock"
 
 
+#: XDP_STATISTICS of an AF_XDP ring, reported beside packets/drops/freezes.
+XDP_COUNTERS = ("rx_dropped", "rx_ring_full", "rx_fill_ring_empty_descs", "rx_invalid_descs")
+
+
 def counters(snap: dict | None) -> dict:
     """The normalized counters of one reader snapshot (empty for None)."""
     snap = snap or {}
@@ -40,6 +44,10 @@ def counters(snap: dict | None) -> dict:
             "flows_created", "records_emitted", "packets_emitted", "octets_emitted")},
         "exporters": {},
     }
+    # AF_XDP rings add the XDP_STATISTICS counters (absent on TPACKET_V3).
+    for key in XDP_COUNTERS:
+        if key in ring:
+            out["ring"][key] = ring[key]
     out["table"]["skipped"] = dict(table.get("skipped", {}))
     out["table"]["flows_expired"] = dict(table.get("flows_expired", {}))
     for group in ("exporters_retired", "exporters"):

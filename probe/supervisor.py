@@ -35,6 +35,7 @@ from flowprobe.config.schema import parse_cpulist, parse_interfaces
 from flowprobe.probe import heartbeat, stats
 from flowprobe.probe.errors import ExitCode
 from flowprobe.probe.logs import get_logger
+from flowprobe.probe.reader import attach_shared_programs, rings_per_interface
 from flowprobe.probe.readerproc import ReaderProcess, ReaderSpec, configure_logging
 from flowprobe.probe.sdnotify import Notifier
 
@@ -49,8 +50,9 @@ SIGNALS = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
 class Supervisor:
     def __init__(self, cfg: Config, *, config_path: str | None = None,
                  overrides: dict | None = None, export_urls: list[str] = (),
-                 json_out: bool = False) -> None:
+                 json_out: bool = False, user: str | None = None) -> None:
         self.cfg = cfg
+        self.user = user                  # --user: drop to it after the root-only set-up
         self.config_path = config_path
         self.overrides = dict(overrides or {})
         self.export_urls = list(export_urls)
@@ -85,11 +87,12 @@ class Supervisor:
         out = []
         for n, iface in enumerate(ifaces):
             group = self.groups.setdefault(iface, self._group_id(len(self.groups)))
-            for w in range(workers):
+            rings = rings_per_interface(cfg, iface, workers)
+            for w in range(rings):
                 index = len(out)
                 out.append(ReaderSpec(index=index, iface=iface, worker=w,
                                       cpu=cpus[index % len(cpus)],
-                                      fanout_group=group if workers > 1 else 0))
+                                      fanout_group=group if rings > 1 else 0))
         if len(out) > self.slots.size:
             raise ConfigError([f"supervisor.workers: {len(out)} readers exceed "
                                f"the limit of {self.slots.size}"])
@@ -113,6 +116,9 @@ class Supervisor:
                 except OSError as exc:
                     raise ConfigError([f"metrics.listen: cannot listen on "
                                        f"{self.cfg.metrics.listen}: {exc.strerror or exc}"]) from None
+            self.xdp_programs = attach_shared_programs(
+                self.cfg, parse_interfaces(self.cfg.capture.interface))
+            self.drop_privileges()
             self.readers = [ReaderProcess(s) for s in specs]
             self.log.info("supervisor_started", readers=len(specs),
                           interfaces=parse_interfaces(self.cfg.capture.interface),
@@ -135,6 +141,20 @@ class Supervisor:
         finally:
             self.cleanup()
         return self.halt_code
+
+    def drop_privileges(self) -> None:
+        """--user: become the user, keeping only the readers' capabilities
+        (probe/privdrop.py); each reader narrows further once its ring is open."""
+        if not self.user:
+            return
+        from flowprobe.probe import privdrop
+        account = privdrop.lookup(self.user)
+        caps = privdrop.open_caps(self.cfg.capture.backend)
+        if self.stats_server.fileno() >= 0:
+            privdrop.chown_path(self.cfg.supervisor.stats_socket, account)
+        privdrop.drop_to_user(account, caps)
+        self.log.info("privileges_dropped", user=account.name, uid=account.uid,
+                      gid=account.gid, capabilities=sorted(privdrop.CAP_NAMES[c] for c in caps))
 
     def init_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -199,6 +219,7 @@ class Supervisor:
         r.close_control()
         opts = {"supervisor_pid": self.pid, "export_urls": self.export_urls,
                 "json_out": self.json_out,
+                "restrict_caps": bool(self.user) or os.geteuid() != 0,
                 "stats_interval_s": self.cfg.supervisor.stats_interval_s,
                 "sequences": r.sequences}
         r.restart_at = None
@@ -384,6 +405,8 @@ class Supervisor:
                 except ChildProcessError:
                     pass
             r.close_control()
+        for prog in getattr(self, "xdp_programs", []):
+            prog.close()          # after the readers: detaches the program
         self.stats_server.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -494,6 +517,9 @@ def add_parser(sub: Any) -> None:
                    help="export to URL (repeatable), e.g. ipfix://127.0.0.1:4739")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per expired flow on stdout")
+    p.add_argument("--user", metavar="NAME",
+                   help="after the root-only set-up, run as user NAME keeping only "
+                   "CAP_NET_RAW and CAP_NET_ADMIN (under systemd the unit sets User=)")
     p.set_defaults(handler=cmd_run)
 
 
@@ -511,10 +537,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if errors:
         raise ConfigError(errors)
     check_config(cfg, list(args.export))
+    if args.user:
+        from flowprobe.probe.privdrop import lookup
+        lookup(args.user)         # an unknown user is a config error (exit 2)
     configure_logging(cfg)
     check_interfaces(cfg)
     sup = Supervisor(cfg, config_path=args.config, overrides=overrides,
-                     export_urls=list(args.export), json_out=bool(args.json))
+                     export_urls=list(args.export), json_out=bool(args.json),
+                     user=args.user)
     return sup.run()
 
 

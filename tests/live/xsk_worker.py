@@ -38,6 +38,8 @@ def main(argv=None):
     ap.add_argument("--expect", type=int, default=0)
     ap.add_argument("--idle-s", type=float, default=1.0)
     ap.add_argument("--max-s", type=float, default=60.0)
+    ap.add_argument("--hold", action="store_true",
+                    help="read nothing until DONE (forces a ring overrun)")
     args = ap.parse_args(argv)
 
     configure_logging("info", "json")   # stderr: stdout is the protocol
@@ -73,9 +75,11 @@ def main(argv=None):
     deadline = time.monotonic() + args.max_s
     last = time.monotonic()
     while time.monotonic() < deadline:
-        if not done and stdin_line(0) == "DONE":
+        if not done and stdin_line(1 if args.hold else 0) == "DONE":
             done = True
             last = time.monotonic()
+        if args.hold and not done:
+            continue
         while True:
             n = ring.next_block(batch.address, batch.cap, 5)
             if n:
