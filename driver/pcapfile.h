@@ -10,9 +10,15 @@
  *
  * Two readers behind one API
  *   - mmap: classic pcap files (magic a1b2c3d4 / a1b23c4d in either byte
- *     order) are mapped read-only once; ft_pkt.data points straight into
- *     the mapping (zero copy). Every record header is validated against the
- *     remaining file before use; nothing past the mapping is ever read.
+ *     order) are mapped read-only in windows (64 MiB, or the byte count in
+ *     the environment variable FLOWPROBE_PCAP_WINDOW, k/m/g suffix allowed;
+ *     tests use small ones), MAP_POPULATE, the next window read ahead. A
+ *     record that straddles a window's end gets a new window mapped at its
+ *     own page, large enough to hold it whole. ft_pkt.data points straight
+ *     into the mapping (zero copy). Every record header is validated against
+ *     the remaining file before use; nothing past the file is ever read.
+ *     At most the current window plus the ones this batch points into are
+ *     mapped, so memory stays bounded whatever the file's size.
  *   - libpcap: pcapng, anything else libpcap reads, non-regular files, the
  *     few classic-pcap variants whose semantics only libpcap implements
  *     (Kuznetzov records, byte-swapped pseudo-headers, huge-snaplen link
@@ -28,8 +34,9 @@
  * Ownership and lifetime
  *   - pf_open() allocates the reader; pf_close() releases everything.
  *   - The pkts array belongs to the caller and is only written.
- *   - ft_pkt.data pointers: mmap reader - valid until pf_close();
- *     libpcap reader - valid until the next pf_next_batch() or pf_close().
+ *   - ft_pkt.data pointers (both readers, as libpcap's): valid until the
+ *     next pf_next_batch() or pf_close(). The mmap reader unmaps windows
+ *     that earlier batches pointed into at the start of the next call.
  *   - The mmap reader sees the file as it was at pf_open() (a file still
  *     being written ends at its size then). Like any mmap reader it gets
  *     SIGBUS if another process truncates the file while it is mapped:
@@ -91,9 +98,13 @@ void pf_close(struct pf_reader *r);
 int pf_linktype(const struct pf_reader *r);
 int pf_snaplen(const struct pf_reader *r);       /* effective snaplen */
 int pf_is_mmap(const struct pf_reader *r);
+/* Windows the mmap reader has mapped so far (1 after pf_open, 0 for the
+ * libpcap reader). */
+uint64_t pf_windows(const struct pf_reader *r);
 
 /* Fill pkts[0..cap) (a struct ft_pkt array, cap > 0, else -EINVAL).
- * See "Errors" above. */
+ * See "Errors" above. A batch may hold fewer than cap packets before the
+ * end of file (libpcap arena full; mmap reader after 16 windows). */
 long pf_next_batch(struct pf_reader *r, void *pkts, size_t cap);
 
 void pf_stats(const struct pf_reader *r, struct pf_stats *out);

@@ -8,8 +8,9 @@ Python only moves addresses and counts, never single packets::
         while (n := cap.read_into(batch.address, batch.cap)):
             table.ingest(cap.linktype, batch, n)
 
-Packet data pointers stay valid until the next ``read_into`` (libpcap
-reader) or until ``close`` (mmap reader): ingest a batch before reading the
+Packet data pointers stay valid until the next ``read_into`` or ``close``
+(both readers; the mmap reader maps the file in windows and unmaps the ones
+a batch pointed into on the next read): ingest a batch before reading the
 next one.
 """
 

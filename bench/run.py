@@ -1,0 +1,305 @@
+"""``make bench``: flowprobe against softflowd and nfpcapd on the same files.
+
+For each seeded capture (10M packets / ~1M flows, 2M packets / ~200k flows;
+generated once, cached in bench/out/) and with the page cache warm, times:
+
+  flowprobe     whole process: flowprobe replay FILE --max-flows 2097152
+                --idle-timeout 3600 --active-timeout 3600 (/usr/bin/time),
+                at least 5 runs (it is the quick one)
+  ft_bench      the C path alone (ft_ingest/ft_expire over packets already
+                in memory), ns per packet, every flow live
+  pf_bench      the capture reader alone (pf_next_batch), ns per packet
+  softflowd     -d -r FILE -n 127.0.0.1:PORT -v 9 -c none, -m large enough
+                for every flow, and with its default -m 8192 (which splits
+                flows); PORT is a UDP socket this script holds and never reads
+  nfpcapd       -r FILE -w TMPDIR (nfdump 1.7.1)
+
+Each figure is the minimum of --runs runs (the machine is shared); the load
+average seen is reported beside it. Prints a table and writes
+bench/out/results.json. Every child runs under a timeout; nothing is sent
+anywhere but 127.0.0.1.
+
+Encoder hook: when bench/encode.py exists (exporters' benchmark) it is run
+and its "encode FORMAT mtu=M ipv6=P%: R M records/s per core" lines go into
+the results as "encode".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out"
+sys.path.insert(0, str(HERE))
+
+
+
+def capture_path(packets: int, flows: int, seed: int) -> Path:
+    return OUT / f"synth-p{packets}-f{flows}-s{seed}.pcap"
+
+
+def ensure_capture(packets: int, flows: int, seed: int) -> Path:
+    """The cached capture (same parameters and seed, same bytes), generated
+    with bench/gen_capture.py under a temporary name when missing."""
+    path = capture_path(packets, flows, seed)
+    if path.exists():
+        return path
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    print(f"generating {path.name} ...", flush=True)
+    try:
+        subprocess.run([sys.executable, str(HERE / "gen_capture.py"), str(tmp),
+                        "--packets", str(packets), "--flows", str(flows), "--seed", str(seed)],
+                       check=True, timeout=3600, stdout=subprocess.DEVNULL)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+MAX_FLOWS = 2097152
+CAPTURES = ((10_000_000, 1_000_000), (2_000_000, 200_000))
+TARGET_RATIO, TARGET_NS, TARGET_BYTES = 5.0, 50.0, 128
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def run_timed(cmd: list[str], timeout: float, cwd: str | None = None) -> dict:
+    """One run under /usr/bin/time: wall s, peak RSS MB, stdout, stderr."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        full = ["/usr/bin/time", "-f", "%e %M", "-o", tf.name] + cmd
+        load = loadavg()
+        p = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=cwd, start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.communicate()
+            raise RuntimeError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}")
+        if p.returncode != 0:
+            raise RuntimeError(f"exit {p.returncode}: {' '.join(cmd)}\n{err[-2000:]}")
+        wall, rss_kb = tf.read().split()[-2:]
+    return {"wall_s": float(wall), "rss_mb": int(rss_kb) / 1024, "stdout": out,
+            "stderr": err, "load": max(load, loadavg())}
+
+
+def best(runs: list[dict], key: str = "wall_s") -> dict:
+    r = dict(min(runs, key=lambda x: x[key]))
+    r["load_max"] = max(x["load"] for x in runs)
+    r["all_" + key] = [round(x[key], 3) for x in runs]
+    for k in ("stdout", "stderr"):
+        r.pop(k, None)
+    return r
+
+
+def build(name: str, sources: list[str], libs: list[str]) -> str:
+    exe = OUT / name
+    cmd = ["gcc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+           "-I", str(ROOT / "probe" / "flowtable"), "-I", str(ROOT / "driver"),
+           "-o", str(exe)] + [str(ROOT / s) for s in sources] + libs
+    subprocess.run(cmd, check=True, timeout=300)
+    return str(exe)
+
+
+def warm(path: Path) -> None:
+    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True, timeout=600)
+
+
+def flowprobe_exe() -> str:
+    """The console script of this interpreter's install (what a package puts
+    on PATH), not a version-manager shim in front of it: pyenv's bash shim
+    alone adds ~0.2 s to every start."""
+    exe = Path(sys.executable).parent / "flowprobe"
+    return str(exe) if exe.exists() else shutil.which("flowprobe") or "flowprobe"
+
+
+def measure_file(path: Path, packets: int, runs: int, sink_port: int, exes: dict) -> dict:
+    res: dict = {"file": str(path), "bytes": path.stat().st_size, "packets": packets}
+    f = str(path)
+    to = 60 + packets / 50_000          # generous: 50 kpps floor
+
+    def tool(name, cmd, n=runs, cwd=None):
+        warm(path)
+        rs = [run_timed(cmd, to, cwd) for _ in range(n)]
+        r = best(rs)
+        r["pps"] = packets / r["wall_s"]
+        res[name] = r
+        print(f"  {name:<22} {r['pps'] / 1e6:6.2f} Mpps  {r['wall_s']:7.2f} s  "
+              f"{r['rss_mb']:8.1f} MB  (runs {r['all_wall_s']}, load<= {r['load_max']:.1f})",
+              flush=True)
+        return rs
+
+    rs = tool("flowprobe", [exes["flowprobe"], "replay", f, "--max-flows", str(MAX_FLOWS),
+                            "--idle-timeout", "3600", "--active-timeout", "3600"],
+              n=max(runs, 5))
+    m = re.search(r"packets per second\s+([\d,]+)\s+\(([\d.]+) s\)", rs[0]["stderr"])
+    fl = re.search(r"flows created\s+([\d,]+)", rs[0]["stderr"])
+    res["flowprobe"]["flows"] = int(fl.group(1).replace(",", "")) if fl else None
+    res["flowprobe"]["replay_loop_s"] = min(
+        float(re.search(r"\(([\d.]+) s\)", r["stderr"]).group(1)) for r in rs) if m else None
+
+    # C path alone and reader alone: min ns/packet of max(runs, 5)
+    for name, cmd in (("ft_bench", [exes["ft_bench"], f, str(MAX_FLOWS), "4096"]),
+                      ("pf_bench", [exes["pf_bench"], f, "4096"])):
+        warm(path)
+        rs = [run_timed(cmd, to) for _ in range(max(runs, 5))]
+        for r in rs:
+            r.update(json.loads(r["stdout"].strip().splitlines()[-1]))
+        r = best(rs, "ns_per_packet")
+        res[name] = r
+        print(f"  {name:<22} {r['ns_per_packet']:6.1f} ns/packet "
+              f"(runs {r['all_ns_per_packet']}, load<= {r['load_max']:.1f})", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="fpbench-") as tmp:
+        sf = ["softflowd", "-d", "-r", f, "-n", f"127.0.0.1:{sink_port}", "-v", "9",
+              "-c", "none", "-p", os.path.join(tmp, "sf.pid")]
+        tool("softflowd -m 4M", sf + ["-m", "4000000"])
+        tool("softflowd (default -m)", sf)
+        nfdir = os.path.join(tmp, "nf")
+
+        def nf_cmd():
+            shutil.rmtree(nfdir, ignore_errors=True)
+            os.makedirs(nfdir)
+            return ["nfpcapd", "-r", f, "-w", nfdir]
+        warm(path)
+        rs = []
+        for _ in range(runs):
+            rs.append(run_timed(nf_cmd(), to, cwd=tmp))
+        r = best(rs)
+        r["pps"] = packets / r["wall_s"]
+        res["nfpcapd"] = r
+        print(f"  {'nfpcapd':<22} {r['pps'] / 1e6:6.2f} Mpps  {r['wall_s']:7.2f} s  "
+              f"{r['rss_mb']:8.1f} MB  (runs {r['all_wall_s']}, load<= {r['load_max']:.1f})",
+              flush=True)
+    return res
+
+
+ENCODE_LINE = re.compile(r"encode (\S+)\s+mtu=(\d+) ipv6=(\d+)%: +([\d.]+) M records/s")
+
+
+def encode_hook(timeout: float = 900) -> dict | None:
+    """bench/encode.py (exporters' benchmark): records/s per core per format.
+    None when the script is absent; its lines are parsed, raw text kept if
+    they do not match."""
+    script = HERE / "encode.py"
+    if not script.exists():
+        return None
+    try:
+        p = subprocess.run([sys.executable, str(script)], capture_output=True,
+                           text=True, timeout=timeout, cwd=str(ROOT))
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    rates = {f"{m[1]} ipv6={m[3]}%": float(m[4]) * 1e6
+             for m in map(ENCODE_LINE.search, p.stdout.splitlines()) if m}
+    if p.returncode != 0 or not rates:
+        return {"error": f"exit {p.returncode}", "stdout": p.stdout[-1000:],
+                "stderr": p.stderr[-1000:]}
+    return {"records_per_s_per_core": rates}
+
+
+def table(results: list[dict], entry: dict) -> str:
+    rows = [f"{'file':<10} {'tool':<24} {'Mpps':>7} {'wall s':>8} {'RSS MB':>8} "
+            f"{'fp/peer':>8}"]
+    for res in results:
+        label = f"{res['packets'] / 1e6:g}M pkts"
+        fp = res["flowprobe"]["pps"]
+        for name in ("flowprobe", "softflowd -m 4M", "softflowd (default -m)", "nfpcapd"):
+            r = res[name]
+            ratio = "" if name == "flowprobe" else f"{fp / r['pps']:7.2f}x"
+            rows.append(f"{label:<10} {name:<24} {r['pps'] / 1e6:7.2f} {r['wall_s']:8.2f} "
+                        f"{r['rss_mb']:8.1f} {ratio:>8}")
+        rows.append(f"{label:<10} {'C path (ft_bench)':<24} {res['ft_bench']['ns_per_packet']:>7.1f}"
+                    f" ns/packet, flows live {res['ft_bench']['flows_peak']:,}")
+        rows.append(f"{label:<10} {'reader (pf_bench)':<24} {res['pf_bench']['ns_per_packet']:>7.1f}"
+                    f" ns/packet")
+    rows.append(f"flow entry {entry['entry_bytes']} B (sizeof); table memory / max_flows "
+                f"{entry['bytes_per_flow_total']:.1f} B ({entry['table_bytes'] / 2**20:.0f} MiB "
+                f"for {MAX_FLOWS:,})")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="flowprobe vs softflowd/nfpcapd")
+    ap.add_argument("--runs", type=int, default=3, help="runs per tool (min is kept)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--small-only", action="store_true", help="only the 2M-packet file")
+    a = ap.parse_args()
+    for exe in ("softflowd", "nfpcapd", "gcc", "/usr/bin/time", "flowprobe"):
+        if shutil.which(exe) is None:
+            sys.exit(f"bench: {exe} not found (make deps build)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    exes = {
+        "ft_bench": build("ft_bench", ["bench/c/ft_bench.c", "probe/flowtable/flowtable.c",
+                                       "probe/flowtable/parse.c"], []),
+        "pf_bench": build("pf_bench", ["bench/c/pf_bench.c", "driver/pcapfile.c"], ["-lpcap"]),
+        "flowprobe": flowprobe_exe(),
+    }
+    print(f"flowprobe: {exes['flowprobe']}", flush=True)
+    caps = CAPTURES[1:] if a.small_only else CAPTURES
+    files = [(ensure_capture(p, fl, a.seed), p) for p, fl in caps]
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # never read
+    sink.bind(("127.0.0.1", 0))
+    port = sink.getsockname()[1]
+    results = []
+    t0 = time.monotonic()
+    try:
+        for path, packets in files:
+            print(f"{path.name} ({path.stat().st_size / 2**20:.0f} MiB), sink 127.0.0.1:{port}",
+                  flush=True)
+            results.append(measure_file(path, packets, a.runs, port, exes))
+    finally:
+        sink.close()
+    big = results[0]
+    entry = {"entry_bytes": big["ft_bench"]["entry_bytes"],
+             "table_bytes": big["ft_bench"]["table_bytes"],
+             "bytes_per_flow_total": big["ft_bench"]["table_bytes"] / MAX_FLOWS}
+    fp = big["flowprobe"]["pps"]
+    targets = {
+        "ratio_vs_softflowd_big_table": fp / big["softflowd -m 4M"]["pps"],
+        "ratio_vs_softflowd_default": fp / big["softflowd (default -m)"]["pps"],
+        "ratio_vs_nfpcapd": fp / big["nfpcapd"]["pps"],
+        "c_path_ns_per_packet": big["ft_bench"]["ns_per_packet"],
+        "flows_live_in_c_path": big["ft_bench"]["flows_peak"],
+        "entry_bytes": entry["entry_bytes"],
+    }
+    targets["met"] = {
+        "5x_softflowd_big_table": targets["ratio_vs_softflowd_big_table"] >= TARGET_RATIO,
+        "5x_softflowd_default": targets["ratio_vs_softflowd_default"] >= TARGET_RATIO,
+        "c_path_50ns": targets["c_path_ns_per_packet"] <= TARGET_NS,
+        "entry_128B": entry["entry_bytes"] <= TARGET_BYTES,
+    }
+    enc = encode_hook()
+    text = table(results, entry)
+    print("\n" + text)
+    print("targets: " + ", ".join(f"{k}={'MET' if v else 'MISSED'}"
+                                 for k, v in targets["met"].items()))
+    if enc is None:
+        print("encode: bench/encode.py not present")
+    elif "records_per_s_per_core" in enc:
+        for k, v in enc["records_per_s_per_core"].items():
+            print(f"encode {k:<18} {v / 1e6:6.2f} M records/s per core")
+    else:
+        print("encode: " + json.dumps(enc))
+    doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"cpus": os.cpu_count(), "loadavg_end": loadavg()},
+           "seconds": round(time.monotonic() - t0, 1), "files": results, "entry": entry,
+           "targets": targets, "encode": enc, "table": text}
+    (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {OUT / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
