@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <string.h>
 
 #include "ft_internal.h"
@@ -75,27 +76,31 @@ struct ft_table {
     uint32_t pending_head;
     uint32_t pending_count;
     struct ft_stats st;
+    uint64_t seed[8];               /* hash seed, from getrandom() */
 };
 
 uint32_t ft_flow_entry_size(void) { return (uint32_t)sizeof(struct ft_flow); }
 
 /* ---- hashing ---------------------------------------------------------- */
 
-static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+/* 64x64 -> 128-bit multiply, folded: the mixing step of wyhash. */
+static inline uint64_t mum(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
 
-uint64_t ft_key_hash(const struct ft_key *k)
+/* Three independent multiplies over the six key words (they overlap in the
+ * pipeline, unlike a serial chain), then one to mix. The per-table seed
+ * comes from getrandom(): traffic cannot aim keys at one chain. */
+static inline uint64_t key_hash(const struct ft_table *t, const struct ft_key *k)
 {
     uint64_t w[6];
+    const uint64_t *s = t->seed;
     memcpy(w, k, sizeof(w));
-    uint64_t h = 0x243f6a8885a308d3ull;
-    for (int i = 0; i < 6; i++) {
-        h ^= rotl64(w[i] * 0x87c37b91114253d5ull, 31) * 0x4cf5ad432745937full;
-        h = rotl64(h, 27) * 5 + 0x52dce729;
-    }
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return h;
+    uint64_t h = mum(w[0] ^ s[0], w[1] ^ s[1]) ^ mum(w[2] ^ s[2], w[3] ^ s[3]) ^
+                 mum(w[4] ^ s[4], w[5] ^ s[5]);
+    return mum(h ^ s[6], s[7]);
 }
 
 static inline int key_eq(const struct ft_key *a, const struct ft_key *b)
@@ -214,7 +219,7 @@ static void expire_flow(struct ft_table *t, struct ft_flow *f, int reason)
 {
     uint32_t id = (uint32_t)(f - t->flows);
     emit(t, f, reason);
-    uint32_t *pp = &t->buckets[ft_key_hash(&f->key) & t->bucket_mask];
+    uint32_t *pp = &t->buckets[key_hash(t, &f->key) & t->bucket_mask];
     while (*pp != id + 1)
         pp = &t->flows[*pp - 1].hnext;
     *pp = f->hnext;
@@ -313,7 +318,7 @@ static void tcp_end(struct ft_table *t, struct ft_flow *f, uint8_t flags)
     memcpy(rk.dst, f->key.src, 16);
     rk.sport = f->key.dport;
     rk.dport = f->key.sport;
-    struct ft_flow *r = lookup(t, &rk, ft_key_hash(&rk));
+    struct ft_flow *r = lookup(t, &rk, key_hash(t, &rk));
     if (flags & FT_TCP_RST) {
         mark_closing(t, f);
         if (r)
@@ -385,6 +390,13 @@ struct ft_table *ft_new(const struct ft_config *cfg, int *err)
     if (!t)
         return NULL;
     t->cfg = *cfg;
+    if (getrandom(t->seed, sizeof(t->seed), GRND_NONBLOCK) != (ssize_t)sizeof(t->seed)) {
+        /* No entropy yet (early boot): fall back to fixed odd constants. */
+        for (int i = 0; i < 8; i++)
+            t->seed[i] = 0x9e3779b97f4a7c15ull * (uint64_t)(2 * i + 1);
+    }
+    for (int i = 0; i < 8; i++)
+        t->seed[i] |= 1; /* never a zero multiplier */
     uint32_t nb = 1024;
     while (nb < cfg->max_flows)
         nb <<= 1;
@@ -476,7 +488,7 @@ int ft_ingest(struct ft_table *t, int linktype, const struct ft_pkt *pkts, size_
             if (v == FT_PARSE_OK) {
                 if (!o->key.ifindex)
                     o->key.ifindex = p->ifindex ? p->ifindex : t->cfg.ifindex;
-                o->hash = ft_key_hash(&o->key);
+                o->hash = key_hash(t, &o->key);
                 __builtin_prefetch(&t->buckets[o->hash & t->bucket_mask]);
             }
         }
@@ -484,8 +496,13 @@ int ft_ingest(struct ft_table *t, int linktype, const struct ft_pkt *pkts, size_
             size_t i = j - PIPE_D;
             if (verdict[i % PIPE_RING] == FT_PARSE_OK) {
                 uint32_t head = t->buckets[ring[i % PIPE_RING].hash & t->bucket_mask];
-                if (head)
-                    __builtin_prefetch(&t->flows[head - 1], 1);
+                if (head) {
+                    /* An entry spans two or three cache lines: fetch all. */
+                    const char *f = (const char *)&t->flows[head - 1];
+                    __builtin_prefetch(f, 1);
+                    __builtin_prefetch(f + 64, 1);
+                    __builtin_prefetch(f + sizeof(struct ft_flow) - 1, 1);
+                }
             }
         }
         if (j >= 2 * PIPE_D) {

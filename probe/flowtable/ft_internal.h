@@ -45,9 +45,6 @@ struct ft_parsed {
 #define FT_PARSE_OK (-1)
 int ft_parse(const struct ft_pkt *pkt, int linktype, struct ft_parsed *out);
 
-/* 64-bit hash of a key (flowtable.c). */
-uint64_t ft_key_hash(const struct ft_key *k);
-
 /* TCP flag bits. */
 #define FT_TCP_FIN 0x01
 #define FT_TCP_RST 0x04
