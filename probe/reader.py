@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import math
 import os
 import time
 from typing import Any, Callable
@@ -226,7 +227,9 @@ class Reader:
         while not self.stopping:
             if beat is not None:
                 beat()
-            timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
+            # Round up: truncating would poll with timeout 0, spinning
+            # through the last millisecond before every tick.
+            timeout_ms = max(0, math.ceil((next_tick - time.monotonic()) * 1000))
             self.read_block(timeout_ms)
             now = time.monotonic()
             if now >= next_tick:
