@@ -130,6 +130,7 @@ SUBCOMMANDS: dict[str, Builder | str] = {
     "collect": "flowprobe.exporters.collector_cli:add_parser",
     "run": "flowprobe.probe.supervisor:add_parser",
     "stats": "flowprobe.probe.stats:add_parser",
+    "service": "flowprobe.probe.service:add_parser",
 }
 
 
@@ -140,14 +141,28 @@ def _resolve(builder: Builder | str) -> Builder:
     return getattr(importlib.import_module(module), func)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line, if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the chosen subcommand's module is
+    imported (the others get a name-only parser), so ``flowprobe replay``
+    does not pay for pyroute2, the collector or the supervisor."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Passive flow-export probe: capture or replay "
         "packets, aggregate flows in C, export IPFIX/NetFlow or JSON.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for builder in SUBCOMMANDS.values():
-        _resolve(builder)(sub)
+    chosen = _chosen(argv) if argv is not None else None
+    if chosen not in SUBCOMMANDS:
+        chosen = None           # help, or an unknown command: build them all
+    for name, builder in SUBCOMMANDS.items():
+        if chosen is None or name == chosen:
+            _resolve(builder)(sub)
+        else:
+            sub.add_parser(name)
     return parser
 
 
@@ -162,7 +177,8 @@ def _fail(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flowprobe`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.handler(args))
     except ConfigError as exc:
