@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 
 APT_PACKAGES := build-essential python3-dev python3-pip libpcap-dev clang \
 	libclang-rt-14-dev softflowd nfdump tshark tcpreplay netsniff-ng tcpdump \
-	iproute2 ethtool libxdp-dev libbpf-dev pkg-config
+	iproute2 ethtool libxdp-dev libbpf-dev pkg-config \
+	dpkg-dev help2man lintian debootstrap systemd systemd-container
 # Build requirements, setup.py's install_requires and the "test" extra.
 PY_DEPS := 'setuptools>=64' wheel 'cffi>=1.15' pyyaml structlog ipfix pyroute2 prometheus-client \
 	pytest hypothesis atheris
@@ -20,7 +21,7 @@ export PIP_ROOT_USER_ACTION := ignore
 # A Debian system Python refuses pip installs without this (PEP 668).
 export PIP_BREAK_SYSTEM_PACKAGES := 1
 
-.PHONY: all deps build test run bench bench-live clean
+.PHONY: all deps build test run bench bench-live deb clean
 
 all: build
 
@@ -42,6 +43,10 @@ test: deps build
 
 run: deps build
 	$(SUDO) $(PYTHON) -m flowprobe.probe.demo
+
+# dist/flowprobe_<version>_<arch>.deb (packaging/build-deb.sh; README "The appliance package")
+deb: deps
+	packaging/build-deb.sh dist
 
 bench: deps build
 	$(PYTHON) bench/run.py

@@ -216,6 +216,8 @@ class CaptureConfig:
     queues: int = setting(0, min=0, max=4096)
     xdp_wait: str = setting("sleep", choices=("sleep", "poll"))
     xdp_sleep_us: int = setting(1000, min=1, max=1_000_000)
+    # the systemd unit runs `nic prepare` / `nic restore` on these interfaces
+    prepare_nic: bool = setting(False)
 
 
 @dataclass(frozen=True)

@@ -227,10 +227,15 @@ def child_main(spec: ReaderSpec, cfg, generation: int, slot: heartbeat.Slot,
     log = get_logger(iface=spec.iface, ring=spec.index, cpu=spec.cpu, pid=pid)
     from flowprobe.probe.reader import Reader
     try:
+        if opts.get("restrict_caps"):   # not root (--user, systemd User=)
+            from flowprobe.probe import privdrop
+            privdrop.restrict(privdrop.open_caps(cfg.capture.backend))
         reader = Reader(cfg, spec.iface, index=spec.index, worker=spec.worker,
                         export_urls=opts.get("export_urls", []),
                         json_out=opts.get("json_out", False),
                         fanout_group=spec.fanout_group, log=log)
+        if opts.get("restrict_caps"):   # the ring is open: keep what running needs
+            privdrop.restrict(privdrop.RUN_CAPS)
     except Exception as exc:  # noqa: BLE001 - mapped to a named exit code
         code = exit_code_for(exc)
         log.error("reader_setup_failed", error=str(exc), exit_code=int(code))
