@@ -21,6 +21,7 @@ import math
 import os
 import time
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from flowprobe.probe.errors import CaptureSetupError, ExitCode
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
@@ -106,17 +107,35 @@ def attach_shared_programs(cfg, ifaces: list[str]) -> list:
     return programs
 
 
+def per_reader_url(url: str, index: int) -> str:
+    """A file destination for reader ``index``: readers must not share a
+    file (each would rename its own over the others'), so the index goes
+    before the extension: ipfix+file:///var/lib/f/flows.ipfix ->
+    .../flows.r0.ipfix. Network destinations are shared as they are."""
+    parts = urlsplit(url)
+    if not parts.scheme.lower().endswith("+file"):
+        return url
+    path = parts.path or parts.netloc
+    head, dot, ext = path.rpartition(".")
+    if not dot or "/" in ext:
+        head, ext = path, ""
+    path = f"{head}.r{index}" + (f".{ext}" if ext else "")
+    return f"{parts.scheme}://{path}" + (f"?{parts.query}" if parts.query else "")
+
+
 def export_items(cfg, export_urls: list[str], index: int) -> list[dict]:
     """Exporter options for reader ``index``: each destination gets the
     observation domain / source id ``base + index`` so that a collector sees
-    one exporter per reader (own sequence numbers and templates)."""
+    one exporter per reader (own sequence numbers and templates), and file
+    destinations a file of their own (per_reader_url)."""
     items = []
     for e in cfg.export:
         item = dataclasses.asdict(e)
+        item["url"] = per_reader_url(e.url, index)
         item["observation_domain"] = (e.observation_domain + index) & 0xFFFFFFFF
         items.append(item)
     for url in export_urls:
-        items.append({"url": url, "observation_domain": 1 + index})
+        items.append({"url": per_reader_url(url, index), "observation_domain": 1 + index})
     return items
 
 

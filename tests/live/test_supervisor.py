@@ -514,3 +514,27 @@ def test_readers_exit_when_the_supervisor_dies(ns, tmp_path, probes):
                 pass
         return True
     wait_until(gone, 10, "readers gone")
+
+
+def test_two_readers_write_two_export_files(ns, tmp_path, probes):
+    """An ipfix+file destination gives each reader its own file (the reader
+    index before the extension); the two files hold exactly the truth."""
+    path, truth = make_capture(tmp_path, "f", seed=9)
+    out = tmp_path / "files"
+    out.mkdir()
+    p = start(probes, ns, tmp_path, f"export:\n  - url: ipfix+file://{out}/flows.ipfix\n")
+    assert ns.send(path, pps=PPS)["sent"] == truth.frames
+    p.wait_accepted(truth.packets)
+    p.stop()
+    files = sorted(f.name for f in out.iterdir())
+    assert files == ["flows.r0.ipfix", "flows.r1.ipfix"]
+    records = []
+    for name in files:
+        dec = subprocess.run([sys.executable, "-m", "flowprobe", "collect", "--file",
+                              str(out / name)], capture_output=True, text=True, timeout=60)
+        assert dec.returncode == 0, dec.stderr[-2000:]
+        records += [json.loads(ln) for ln in dec.stdout.splitlines()
+                    if ln.startswith("{") and '"_options"' not in ln]
+    got = {k: (v["packets"], v["octets"]) for k, v in synth.sum_records(records).items()}
+    want = {k: (v["packets"], v["octets"]) for k, v in truth.expected().items()}
+    assert got == want
