@@ -312,7 +312,7 @@ def test_service_runs_hardened_under_systemd(root, deb, tmp_path):
                     .replace("  prepare_nic: false", "  prepare_nic: true")
                     .replace("  idle_timeout_s: 30.0", "  idle_timeout_s: 600")
                     .replace("  active_timeout_s: 120.0", "  active_timeout_s: 600")
-                    # one reader: ipfix+file readers would share one path
+                    # one reader, so one export file: flows.r0.ipfix
                     .replace("  workers: null", "  workers: 1")
                     .replace("export: []", "export:\n  - url: ipfix+file:///var/lib/flowprobe/"
                              "flows.ipfix\n    options_interval_s: 0"))
@@ -366,7 +366,7 @@ def test_service_runs_hardened_under_systemd(root, deb, tmp_path):
             box.stop()
         sh(["ip", "netns", "del", send_ns], check=False)
     out = sh([sys.executable, "-m", "flowprobe", "collect", "--file",
-              str(root / "var/lib/flowprobe/flows.ipfix"), "--format", "json"]).stdout
+              str(root / "var/lib/flowprobe/flows.r0.ipfix"), "--format", "json"]).stdout
     records = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     records = [r for r in records if not r.get("_options")]
     got = {k: (v["packets"], v["octets"]) for k, v in synth.sum_records(records).items()}
