@@ -19,6 +19,11 @@ average seen is reported beside it. Prints a table and writes
 bench/out/results.json. Every child runs under a timeout; nothing is sent
 anywhere but 127.0.0.1.
 
+Export (bench/export.py): on the 2M-packet file, `flowprobe replay --export`
+beside `softflowd -r`, each sending NetFlow v5, v9 and IPFIX to a fresh local
+nfcapd; wall time, what nfdump reads back, sequence failures, the ratio.
+`--only export` runs just that part and merges it into results.json.
+
 Encoder hook: when bench/encode.py exists (exporters' benchmark) it is run
 and its "encode FORMAT mtu=M ipv6=P%: R M records/s per core" lines go into
 the results as "encode".
@@ -230,13 +235,64 @@ def table(results: list[dict], entry: dict) -> str:
     return "\n".join(rows)
 
 
+def run_export(a, exes: dict) -> dict | None:
+    """bench/export.py on the 2M-packet capture; errors are kept, not raised."""
+    import export as bench_export
+    packets, flows = CAPTURES[1]
+    path = ensure_capture(packets, flows, a.seed)
+    print(f"export: {path.name} to nfcapd (v5, v9, IPFIX)", flush=True)
+    try:
+        return bench_export.measure_export(path, packets, a.export_runs or a.runs, exes,
+                                           run_timed, warm, a.nfcapd_buffer)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        print(f"export: failed: {e}", flush=True)
+        return {"error": str(e)}
+
+
+def export_only(a) -> int:
+    """`--only export`: the export part alone, merged into results.json."""
+    import export as bench_export
+    for exe in ("softflowd", "nfcapd", "nfdump", "/usr/bin/time", "flowprobe"):
+        if shutil.which(exe) is None:
+            sys.exit(f"bench: {exe} not found (make deps build)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    exes = {"flowprobe": flowprobe_exe()}
+    print(f"flowprobe: {exes['flowprobe']}", flush=True)
+    t0 = time.monotonic()
+    exp = run_export(a, exes)
+    if exp is None or "error" in exp:
+        return 1
+    text = bench_export.export_table(exp)
+    print("\n" + text)
+    res_path = OUT / "results.json"
+    try:
+        doc = json.loads(res_path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    doc["export"] = exp
+    doc["export_when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    doc["export_seconds"] = round(time.monotonic() - t0, 1)
+    doc["export_table"] = text
+    res_path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {res_path}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="flowprobe vs softflowd/nfpcapd")
     ap.add_argument("--runs", type=int, default=3, help="runs per tool (min is kept)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--small-only", action="store_true", help="only the 2M-packet file")
+    ap.add_argument("--only", choices=("all", "export"), default="all",
+                    help="'export': only the end-to-end export to nfcapd (bench/export.py)")
+    ap.add_argument("--export-runs", type=int, default=None,
+                    help="runs per (format, tool) in the export part (default --runs)")
+    ap.add_argument("--nfcapd-buffer", type=int, default=None, metavar="BYTES",
+                    help="nfcapd -B for the export part (same collector for both tools)")
     a = ap.parse_args()
-    for exe in ("softflowd", "nfpcapd", "gcc", "/usr/bin/time", "flowprobe"):
+    if a.only == "export":
+        return export_only(a)
+    for exe in ("softflowd", "nfpcapd", "nfcapd", "nfdump", "gcc", "/usr/bin/time", "flowprobe"):
         if shutil.which(exe) is None:
             sys.exit(f"bench: {exe} not found (make deps build)")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -281,7 +337,11 @@ def main() -> int:
         "entry_128B": entry["entry_bytes"] <= TARGET_BYTES,
     }
     enc = encode_hook()
+    exp = run_export(a, exes)
     text = table(results, entry)
+    if exp is not None:
+        import export as bench_export
+        text += "\n" + bench_export.export_table(exp)
     print("\n" + text)
     print("targets: " + ", ".join(f"{k}={'MET' if v else 'MISSED'}"
                                  for k, v in targets["met"].items()))
@@ -295,7 +355,7 @@ def main() -> int:
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "loadavg_end": loadavg()},
            "seconds": round(time.monotonic() - t0, 1), "files": results, "entry": entry,
-           "targets": targets, "encode": enc, "table": text}
+           "targets": targets, "encode": enc, "export": exp, "table": text}
     (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {OUT / 'results.json'}")
     return 0
