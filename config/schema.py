@@ -209,6 +209,9 @@ class CaptureConfig:
     filter: str = setting("")
     busy_poll: bool = setting(False)
     sampling_rate: int = setting(1, min=1, max=2**31)
+    sampling_mode: str = setting("deterministic", choices=("deterministic", "random"))
+    hw_timestamps: bool = setting(False)
+    fanout_defrag: bool = setting(False)
     # AF_XDP (backend: afxdp); frame_size is also the UMEM chunk size
     backend: str = setting("afpacket", choices=("afpacket", "afxdp"))
     xdp_mode: str = setting("auto", choices=("auto", "native", "skb"))

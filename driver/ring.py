@@ -18,12 +18,22 @@ the capture). Without it a first fragment is hashed on its 5-tuple and the
 later fragments on (addresses, protocol), so they may land in another ring;
 the flow table keys non-first fragments with ports 0 anyway, so every flow
 key still lives in exactly one ring.
+
+Timestamps: software (kernel receive time) by default. ``hw_timestamps``
+first asks the NIC to stamp every received packet (SIOCSHWTSTAMP, see
+:func:`enable_hw_timestamps`) and then sets PACKET_TIMESTAMP raw hardware;
+a NIC that refuses (veth) gets one ``hw_timestamps_unavailable`` warning and
+the ring keeps software timestamps. ``stats()["hw_timestamped"]`` counts the
+packets that carried a hardware stamp.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +60,32 @@ SAMPLING_MODES = {"deterministic": lib.RING_SAMPLE_DETERMINISTIC,
 STAT_FIELDS = ("kernel_packets", "kernel_drops", "freeze_q_cnt", "walked",
                "delivered", "sampled_out", "blocks", "truncated",
                "hw_timestamped")
+
+
+SIOCSHWTSTAMP = 0x89B0
+HWTSTAMP_TX_OFF = 0
+HWTSTAMP_FILTER_ALL = 1
+
+
+def enable_hw_timestamps(iface: str) -> str | None:
+    """Turn on the NIC's receive timestamping for every packet
+    (SIOCSHWTSTAMP, struct hwtstamp_config {flags 0, tx_type OFF,
+    rx_filter ALL}). Returns None when the NIC accepted, else the reason it
+    refused (veth: EOPNOTSUPP). The setting is device-wide and stays after
+    the process exits, as with ptp4l or `hwstamp_ctl`."""
+    config = (ctypes.c_int * 3)(0, HWTSTAMP_TX_OFF, HWTSTAMP_FILTER_ALL)
+    # struct ifreq: 16-byte name, then the union whose ifr_data is a pointer
+    ifreq = bytearray(struct.pack("16sP", iface.encode()[:15],
+                                  ctypes.addressof(config)).ljust(40, b"\0"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCSHWTSTAMP, ifreq)
+        except OSError as exc:
+            return f"SIOCSHWTSTAMP: {errno.errorcode.get(exc.errno, exc.errno)}: " \
+                   f"{os.strerror(exc.errno)}"
+    if config[2] == 0:   # the driver may downgrade rx_filter (NONE: refused)
+        return "SIOCSHWTSTAMP: rx_filter downgraded to HWTSTAMP_FILTER_NONE"
+    return None
 
 
 class RingError(OSError):
@@ -113,6 +149,13 @@ class Ring:
         self.sampling_mode = sampling_mode
         self.fanout_group = fanout_group
         self._ring = None
+        if hw_timestamps:
+            reason = enable_hw_timestamps(iface)
+            if reason:
+                log.warning("hw_timestamps_unavailable", iface=iface, reason=reason,
+                            using="software timestamps")
+                hw_timestamps = False
+        self.hw_timestamps = hw_timestamps
         self.filter = compile_filter(iface, filter_expr, snaplen)
         cfg = ffi.new("struct ring_config *")
         cfg.ifindex = self.ifindex
@@ -143,7 +186,8 @@ class Ring:
                  filter=filter_expr, snaplen=snaplen, block_size=block_size,
                  block_count=block_count, block_timeout_ms=block_timeout_ms,
                  fanout_group=fanout_group, fanout_flags=hex(self.fanout_flags),
-                 sampling_rate=sampling_rate, sampling_mode=sampling_mode)
+                 sampling_rate=sampling_rate, sampling_mode=sampling_mode,
+                 hw_timestamps=hw_timestamps)
         if fanout_group and not self.ignores_outgoing:
             log.warning("fanout_sees_outgoing", iface=iface,
                         reason="kernel lacks PACKET_FANOUT_FLAG_IGNORE_OUTGOING")
@@ -161,10 +205,10 @@ class Ring:
               "frame_size": capture.frame_size,
               "block_timeout_ms": capture.block_timeout_ms,
               "busy_poll": capture.busy_poll,
-              "sampling_rate": capture.sampling_rate}
-        for key in ("sampling_mode", "hw_timestamps", "fanout_defrag"):
-            if hasattr(capture, key):
-                kw[key] = getattr(capture, key)
+              "sampling_rate": capture.sampling_rate,
+              "sampling_mode": capture.sampling_mode,
+              "hw_timestamps": capture.hw_timestamps,
+              "fanout_defrag": capture.fanout_defrag}
         kw.update(overrides)
         return cls(iface, **kw)
 

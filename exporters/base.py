@@ -29,6 +29,7 @@ class EncoderConfig:
     engine_type: int = 0            # NetFlow v5 header
     engine_id: int = 0
     sampling_interval: int = 1      # 1: every packet
+    sampling_mode: str = "deterministic"    # or "random" (options.py)
     exporting_process_id: int = 0
     boot_margin_ms: int = DEFAULT_BOOT_MARGIN_MS
 

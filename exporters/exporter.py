@@ -8,7 +8,8 @@ URL schemes (SCHEMES): ipfix:// (UDP), ipfix+tcp://, ipfix+file:///PATH,
 netflow9://, netflow5://. Options go in the query string or a config
 mapping: mtu, observation_domain, rate_msgs_s, template_refresh_messages,
 template_refresh_s, options_interval_s, max_buffer_bytes, backoff_max_s,
-close_timeout_s, rotate_bytes, rotate_s, sampling_interval, engine_id,
+close_timeout_s, rotate_bytes, rotate_s, sampling_interval, sampling_mode
+(deterministic|random), engine_id,
 engine_type, exporting_process_id.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flowprobe.exporters.base import EncodeError, EncoderConfig
 from flowprobe.exporters.ipfix import IpfixEncoder
 from flowprobe.exporters.netflow5 import Netflow5Encoder
 from flowprobe.exporters.netflow9 import Netflow9Encoder
+from flowprobe.exporters.options import SAMPLING_MODES
 from flowprobe.exporters.transports import RateLimitedLog
 from flowprobe.exporters.transports.file import FileTransport
 from flowprobe.exporters.transports.tcp import TcpTransport
@@ -333,8 +335,14 @@ def build_exporter(item, engine_stats=None) -> Exporter:
         engine_type=_num(o, "engine_type", 0),
         engine_id=_num(o, "engine_id", 0),
         sampling_interval=_num(o, "sampling_interval", 1),
+        sampling_mode=str(o.get("sampling_mode") or "deterministic"),
         exporting_process_id=_num(o, "exporting_process_id", 0),
     )
+    if cfg.sampling_mode not in SAMPLING_MODES:
+        raise ExportConfigError(f"sampling_mode {cfg.sampling_mode!r} "
+                                f"(expected: {', '.join(SAMPLING_MODES)})")
+    if cfg.sampling_interval < 1:
+        raise ExportConfigError(f"sampling_interval {cfg.sampling_interval}: must be >= 1")
     if tr_name == "udp" and cfg.mtu > 65507:
         raise ExportConfigError(f"mtu {cfg.mtu}: a UDP payload is at most 65507 bytes")
     try:

@@ -30,7 +30,7 @@ class IpfixEncoder(RecordEncoder):
     def __init__(self, cfg: EncoderConfig):
         super().__init__(cfg)
         self.templates = registry.ipfix_flow_templates()
-        self.sampling_tmpl = registry.ipfix_sampling_template()
+        self.sampling_tmpl = registry.ipfix_sampling_template(cfg.sampling_mode)
         self.stats_tmpl = registry.stats_template()
         t4, t6 = self.templates
         self._set_layout(t4.fields_cdata(ffi, lib), t6.fields_cdata(ffi, lib),

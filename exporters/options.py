@@ -1,8 +1,11 @@
 """Options data records, sent periodically beside the flow data.
 
-- Sampling: IPFIX PSAMP selector report (selectorId, selectorAlgorithm 1 =
-  systematic count-based, samplingPacketInterval/Space, RFC 5476) or the v9
-  equivalent (samplingInterval, samplingAlgorithm 1 = deterministic).
+- Sampling: IPFIX PSAMP selector report (RFC 5476): deterministic 1:N is
+  selectorAlgorithm 1 (systematic count-based) with samplingPacketInterval 1
+  / samplingPacketSpace N-1; random 1:N is selectorAlgorithm 3 (random
+  n-out-of-N) with samplingSize 1 / samplingPopulation N. The v9 equivalent
+  is samplingInterval N with samplingAlgorithm 1 (deterministic) or 2
+  (random), RFC 3954.
 - Statistics (RFC 7011 sections 4.1-4.3): exported messages, octets and flow
   records, packets the engine ignored, flow records not sent.
 
@@ -12,7 +15,10 @@ order, each field at its template length.
 from __future__ import annotations
 
 SELECTOR_SYSTEMATIC_COUNT = 1   # IANA PSAMP selectorAlgorithm
+SELECTOR_RANDOM_N_OUT_OF_N = 3
 V9_SAMPLING_DETERMINISTIC = 1   # RFC 3954 SAMPLING_ALGORITHM
+V9_SAMPLING_RANDOM = 2
+SAMPLING_MODES = ("deterministic", "random")
 
 
 def pack_values(template, values: dict) -> bytes:
@@ -26,10 +32,17 @@ def pack_values(template, values: dict) -> bytes:
 
 def sampling_values(cfg, v9: bool) -> dict:
     n = max(1, cfg.sampling_interval)
+    random = cfg.sampling_mode == "random"
     if v9:
         return {"exportingProcessId": cfg.exporting_process_id,
                 "samplingInterval": n,
-                "samplingAlgorithm": V9_SAMPLING_DETERMINISTIC}
+                "samplingAlgorithm": V9_SAMPLING_RANDOM if random
+                else V9_SAMPLING_DETERMINISTIC}
+    if random:
+        return {"selectorId": cfg.domain_id or 1,
+                "selectorAlgorithm": SELECTOR_RANDOM_N_OUT_OF_N,
+                "samplingSize": 1,
+                "samplingPopulation": n}
     return {"selectorId": cfg.domain_id or 1,
             "selectorAlgorithm": SELECTOR_SYSTEMATIC_COUNT,
             "samplingPacketInterval": 1,

@@ -179,13 +179,16 @@ def v5_record_fields() -> tuple:
 
 # Options templates: values are filled in Python (a few records per period),
 # so `source` is unused ("ZERO").
-def ipfix_sampling_template() -> Template:
-    """PSAMP selector report (RFC 5476): scope selectorId."""
+def ipfix_sampling_template(mode: str = "deterministic") -> Template:
+    """PSAMP selector report (RFC 5476): scope selectorId. Deterministic
+    (systematic count-based) carries samplingPacketInterval/Space, random
+    (n-out-of-N) samplingSize/Population."""
+    params = (("samplingSize", "samplingPopulation") if mode == "random"
+              else ("samplingPacketInterval", "samplingPacketSpace"))
     return Template(TID_SAMPLING, (
         field("selectorId", "ZERO"),
         field("selectorAlgorithm", "ZERO"),
-        field("samplingPacketInterval", "ZERO"),
-        field("samplingPacketSpace", "ZERO"),
+        *(field(name, "ZERO") for name in params),
     ), scope_count=1)
 
 

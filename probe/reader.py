@@ -128,14 +128,17 @@ def export_items(cfg, export_urls: list[str], index: int) -> list[dict]:
     observation domain / source id ``base + index`` so that a collector sees
     one exporter per reader (own sequence numbers and templates), and file
     destinations a file of their own (per_reader_url)."""
+    sampling = {"sampling_interval": cfg.capture.sampling_rate,
+                "sampling_mode": cfg.capture.sampling_mode}
     items = []
     for e in cfg.export:
         item = dataclasses.asdict(e)
         item["url"] = per_reader_url(e.url, index)
         item["observation_domain"] = (e.observation_domain + index) & 0xFFFFFFFF
-        items.append(item)
+        items.append({**item, **sampling})
     for url in export_urls:
-        items.append({"url": per_reader_url(url, index), "observation_domain": 1 + index})
+        items.append({"url": per_reader_url(url, index),
+                      "observation_domain": 1 + index, **sampling})
     return items
 
 

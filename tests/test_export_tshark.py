@@ -58,14 +58,37 @@ def test_replay_export_decodes_cleanly_in_tshark(scheme, capture, tmp_path):
     check_tshark(pcap, rec.port, len(datagrams))
 
 
+# (tshark field, value) per sampling options record, rate 4
+SAMPLING_FIELDS = {
+    ("ipfix", "deterministic"): [("cflow.selector_algorithm", "1"),
+                                 ("cflow.sampling_packet_interval", "1"),
+                                 ("cflow.sampling_packet_space", "3")],
+    ("ipfix", "random"): [("cflow.selector_algorithm", "3"),
+                          ("cflow.sampling_size", "1"),
+                          ("cflow.sampling_population", "4")],
+    ("netflow9", "deterministic"): [("cflow.sampling_interval", "4"),
+                                    ("cflow.sampling_algorithm", "1")],
+    ("netflow9", "random"): [("cflow.sampling_interval", "4"),
+                             ("cflow.sampling_algorithm", "2")],
+}
+
+
+def field_values(pcap, port, field):
+    out = tshark(pcap, port, "-T", "fields", "-e", field).stdout
+    return [v for line in out.splitlines() for v in line.split(",") if v.strip()]
+
+
+@pytest.mark.parametrize("mode", ["deterministic", "random"])
 @pytest.mark.parametrize("scheme", ["ipfix", "netflow9"])
-def test_options_between_data_are_decoded_and_counted(scheme, capture, tmp_path):
-    """Options data (sampling, statistics) sent between flow data messages is
-    decoded by tshark and IPFIX sequence numbers count it as data records."""
+def test_options_between_data_are_decoded_and_counted(scheme, mode, capture, tmp_path):
+    """Options data (sampling 1:4 in either mode, statistics) sent between flow
+    data messages is decoded by tshark with the configured sampling values,
+    and IPFIX sequence numbers count it as data records."""
     cap, truth = capture
     rec = UdpRecorder()
     try:
         exps = build_exporters([{"url": f"{scheme}://127.0.0.1:{rec.port}",
+                                 "sampling_interval": 4, "sampling_mode": mode,
                                  "options_interval_s": 1e-9,
                                  "template_refresh_messages": 5}])
         from flowprobe.probe.replay import replay_files
@@ -83,8 +106,8 @@ def test_options_between_data_are_decoded_and_counted(scheme, capture, tmp_path)
     pcap = tmp_path / f"{scheme}-options.pcap"
     write_pcap(pcap, datagrams, rec.port)
     check_tshark(pcap, rec.port, len(datagrams))
-    field = "cflow.sampling_packet_interval" if scheme == "ipfix" else "cflow.sampling_interval"
-    assert record_count(pcap, rec.port, field) == st["options_sends"]
+    for field, value in SAMPLING_FIELDS[scheme, mode]:
+        assert field_values(pcap, rec.port, field) == [value] * st["options_sends"], field
 
 
 @pytest.mark.parametrize("name", ["ipfix", "netflow9", "netflow5"])
