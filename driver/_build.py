@@ -2,14 +2,10 @@
 
 The cdef is driver/pcapfile.h read verbatim; the sources are the real .c
 files. setup.py lists "driver/_build.py:ffibuilder" in cffi_modules.
-Standalone: ``python driver/_build.py OUTDIR`` compiles the module into
-OUTDIR (a scratch dir; a copy left next to this file would shadow the
-_pcap.abi3.so that ``pip install -e .`` builds).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from cffi import FFI
@@ -28,16 +24,3 @@ ffibuilder.set_source(
     libraries=["pcap"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"],
 )
-
-if __name__ == "__main__":
-    import os
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ffibuilder.compile(tmpdir=tmp, verbose=False)
-        if len(sys.argv) != 2:
-            sys.exit("usage: python driver/_build.py OUTDIR")
-        target = Path(sys.argv[1]) / Path(so).name
-        shutil.copy(so, target)
-        print(os.fspath(target))

@@ -4,14 +4,10 @@ The cdef is driver/ring.h read verbatim; the sources are afpacket.c (the
 ring) and bpf.c (libpcap filter compilation). struct ft_pkt comes from
 probe/flowtable/flowtable.h, included by afpacket.c. setup.py lists
 "driver/_ring_build.py:ffibuilder" in cffi_modules.
-Standalone: ``python driver/_ring_build.py OUTDIR`` compiles into OUTDIR (a
-scratch dir; a copy left next to this file would shadow the one that
-``pip install -e .`` builds).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from cffi import FFI
@@ -30,16 +26,3 @@ ffibuilder.set_source(
     libraries=["pcap"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"],
 )
-
-if __name__ == "__main__":
-    import os
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ffibuilder.compile(tmpdir=tmp, verbose=False)
-        if len(sys.argv) != 2:
-            sys.exit("usage: python driver/_ring_build.py OUTDIR")
-        target = Path(sys.argv[1]) / Path(so).name
-        shutil.copy(so, target)
-        print(os.fspath(target))

@@ -4,12 +4,10 @@ The cdef is driver/afxdp.h read verbatim; the sources are afxdp_prog.c
 (libbpf: the XDP program and its bpf_link) and afxdp.c (libxdp: UMEM and XSK
 rings). struct ft_pkt comes from probe/flowtable/flowtable.h (afxdp.c).
 setup.py lists "driver/_xdp_build.py:ffibuilder" in cffi_modules.
-Standalone: ``python driver/_xdp_build.py OUTDIR`` compiles into OUTDIR.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from cffi import FFI
@@ -28,16 +26,3 @@ ffibuilder.set_source(
     libraries=["xdp", "bpf"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"],
 )
-
-if __name__ == "__main__":
-    import os
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ffibuilder.compile(tmpdir=tmp, verbose=False)
-        if len(sys.argv) != 2:
-            sys.exit("usage: python driver/_xdp_build.py OUTDIR")
-        target = Path(sys.argv[1]) / Path(so).name
-        shutil.copy(so, target)
-        print(os.fspath(target))

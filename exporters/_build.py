@@ -36,6 +36,3 @@ ffibuilder.set_source(
     include_dirs=[HERE, os.path.normpath(FT_DIR)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )
-
-if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)

@@ -294,6 +294,12 @@ def sum_records(dicts):
     return out
 
 
+def counts(dicts):
+    """{key: (packets, octets)} over JSON flow dicts: what live tests compare
+    with Truth.counts() (capture times differ from the file's)."""
+    return {k: (v["packets"], v["octets"]) for k, v in sum_records(dicts).items()}
+
+
 _FIELDS = ("packets", "octets", "first_ns", "last_ns", "tcp_flags", "inner_vlan",
            "ttl_min", "ttl_max")
 
@@ -318,6 +324,10 @@ class Truth:
         return {k: {"packets": v["packets"], "octets": v["octets"],
                     "first_ms": v["first_ns"] // 10**6, "last_ms": v["last_ns"] // 10**6,
                     "tcp_flags": v["tcp_flags"]} for k, v in self.flows.items()}
+
+    def counts(self):
+        """{key: (packets, octets)}, as counts() gives for exported flows."""
+        return {k: (v["packets"], v["octets"]) for k, v in self.flows.items()}
 
     def to_dict(self):
         return {"packets": self.packets, "octets": self.octets, "frames": self.frames,

@@ -20,6 +20,3 @@ ffibuilder.set_source(
     include_dirs=[str(HERE)],
     extra_compile_args=CFLAGS,
 )
-
-if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)

@@ -16,6 +16,7 @@ import time
 import pytest
 
 import synth
+from test_run import start_probe, stop_probe
 
 FLOWS, PACKETS, PPS = 300, 4000, 20000
 RATE = 4
@@ -34,36 +35,6 @@ def capture_file(tmp_path):
     truth = synth.generate(path, flows=FLOWS, packets=PACKETS, seed=7,
                            mix={"fragmented": 0.0})
     return path, truth
-
-
-def start_run(pair, tmp_path, capture_yaml, *extra):
-    """`flowprobe run --workers 1` in the capture namespace, once its reader
-    has started; returns (proc, stderr lines read so far)."""
-    cfg = tmp_path / "probe.yaml"
-    cfg.write_text("flow:\n  idle_timeout_s: 600\n  active_timeout_s: 600\n"
-                   "capture:\n  block_timeout_ms: 5\n" + capture_yaml)
-    proc = subprocess.Popen(
-        pair.argv(pair.cap_ns, sys.executable, "-m", "flowprobe", "run", "-i", pair.cap_if,
-                  "-c", str(cfg), "--workers", "1", *extra),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "reader_started" in line:
-            return proc, lines
-    proc.kill()
-    pytest.fail("flowprobe run did not start:\n" + "".join(lines))
-
-
-def stop(proc, timeout=30):
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
-    return out, err
 
 
 def reader_stopped(err: str) -> dict:
@@ -87,15 +58,15 @@ def run_sampled(pair, tmp_path, capture_file, mode):
     try:
         time.sleep(0.5)
         assert coll.poll() is None, coll.stderr.read()
-        proc, _ = start_run(pair, tmp_path,
-                            f"  sampling_rate: {RATE}\n  sampling_mode: {mode}\n",
-                            "--export", f"ipfix://127.0.0.1:{port}")
+        proc = start_probe(pair, tmp_path, "--workers", "1",
+                           "--export", f"ipfix://127.0.0.1:{port}",
+                           capture_yaml=f"  sampling_rate: {RATE}\n  sampling_mode: {mode}\n")
         try:
             sent = pair.send(path, pps=PPS)
             assert sent["sent"] == truth.frames and sent["errors"] == 0
             time.sleep(0.5)
         finally:
-            _, err = stop(proc)
+            _, err = stop_probe(proc)
         time.sleep(0.5)
     finally:
         coll.send_signal(signal.SIGTERM)
@@ -146,13 +117,15 @@ def test_hw_timestamps_refused_on_veth_keeps_software(ns, tmp_path, capture_file
     """hw_timestamps: true on veth: one clear warning with the reason, no
     hardware-stamped packet, and the flows are exact."""
     path, truth = capture_file
-    proc, head = start_run(ns, tmp_path, "  hw_timestamps: true\n", "--json")
+    proc = start_probe(ns, tmp_path, "--workers", "1", "--json",
+                       capture_yaml="  hw_timestamps: true\n")
+    head = proc.head
     try:
         sent = ns.send(path, pps=PPS)
         assert sent["sent"] == truth.frames and sent["errors"] == 0
         time.sleep(0.5)
     finally:
-        out, err = stop(proc)
+        out, err = stop_probe(proc)
     err = "".join(head) + err
     warnings = [json.loads(line) for line in err.splitlines()
                 if '"hw_timestamps_unavailable"' in line]
@@ -163,6 +136,4 @@ def test_hw_timestamps_refused_on_veth_keeps_software(ns, tmp_path, capture_file
     assert st["ring"]["hw_timestamped"] == 0
     assert st["ring"]["kernel_drops"] == 0
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    got = {k: (v["packets"], v["octets"]) for k, v in synth.sum_records(records).items()}
-    want = {k: (v["packets"], v["octets"]) for k, v in truth.expected().items()}
-    assert got == want
+    assert synth.counts(records) == truth.counts()
