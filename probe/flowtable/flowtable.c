@@ -64,7 +64,8 @@ struct ft_table {
     struct ft_flow *flows;
     uint32_t *buckets;
     uint32_t bucket_mask;
-    uint32_t free_head;             /* flow index + 1 */
+    uint32_t free_head;             /* freed flows: index + 1, 0 = none */
+    uint32_t fresh;                 /* flows [fresh, max_flows) never used */
     uint32_t slot_prev[WHEEL_SLOTS];
     uint32_t slot_next[WHEEL_SLOTS];
     uint64_t wheel_done;            /* slots <= this absolute slot are processed */
@@ -276,11 +277,16 @@ static void evict_one(struct ft_table *t)
 
 static struct ft_flow *create(struct ft_table *t, const struct ft_parsed *p, uint64_t ts)
 {
-    if (!t->free_head)
-        evict_one(t);
-    uint32_t id = t->free_head - 1;
+    uint32_t id;
+    if (!t->free_head && t->fresh < t->cfg.max_flows) {
+        id = t->fresh++;    /* first use: the slab is touched only as it fills */
+    } else {
+        if (!t->free_head)
+            evict_one(t);
+        id = t->free_head - 1;
+        t->free_head = t->flows[id].hnext;
+    }
     struct ft_flow *f = &t->flows[id];
-    t->free_head = f->hnext;
     f->key = p->key;
     f->packets = f->octets = 0;
     f->first_ns = f->last_ns = ts;
@@ -408,9 +414,8 @@ struct ft_table *ft_new(const struct ft_config *cfg, int *err)
         ft_free(t);
         return NULL;
     }
-    for (uint32_t i = 0; i < cfg->max_flows; i++)
-        t->flows[i].hnext = i + 2 <= cfg->max_flows ? i + 2 : 0;
-    t->free_head = 1;
+    /* No free list to build: flows are taken from [fresh, max_flows) until
+     * it runs out, so memory is touched only as flows are created. */
     for (uint32_t s = 0; s < WHEEL_SLOTS; s++)
         t->slot_prev[s] = t->slot_next[s] = cfg->max_flows + s;
     *err = 0;
@@ -614,7 +619,7 @@ int ft_set_timeouts(struct ft_table *t, uint64_t idle_ns, uint64_t active_ns,
     t->cfg.idle_timeout_ns = idle_ns;
     t->cfg.active_timeout_ns = active_ns;
     t->cfg.tcp_end_grace_ns = tcp_end_grace_ns;
-    for (uint32_t id = 0; id < t->cfg.max_flows; id++) {
+    for (uint32_t id = 0; id < t->fresh; id++) {
         if (t->flows[id].state & FLOW_USED) {
             wheel_unlink(t, id);
             wheel_insert(t, id);
