@@ -176,8 +176,15 @@ class Exporter:
 
     def sink(self, records, n: int) -> None:
         """Called by the flow table with a `struct ft_record *` and a count."""
-        if n <= 0 or self.closed:
+        if n <= 0:
             return
+        if self.closed:
+            # Records reaching an exporter already closed (e.g. replaced by
+            # a reload) are counted, never dropped silently.
+            self.transport.records_not_sent += n
+            return
+        handed = 0
+        skipped_before = self.encoder.records_not_exportable
         try:
             address = _address(records)
             if not self._transport_open:
@@ -185,11 +192,14 @@ class Exporter:
                 self._open_transport()
             for msg, nrec in self.encoder.encode(address, n):
                 self.transport.send(msg, nrec)
+                handed += nrec
                 self.policy.data_sent()
                 # after the send: a header built now takes the next sequence
                 self._maybe_refresh()
         except Exception as e:  # never let an export bug stop the engine
             self.encode_errors += 1
+            skipped = self.encoder.records_not_exportable - skipped_before
+            self.transport.records_not_sent += max(0, n - handed - skipped)
             self.log.warning("export_encode_failed", error=str(e))
 
     def attach(self, table) -> None:

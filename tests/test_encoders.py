@@ -234,3 +234,21 @@ def test_collector_down_never_stops_the_export():
     st = tcp.stats()
     assert st["send_errors"] > 0 and st["records_exported"] == 0
     assert st["records_not_sent"] == 6000
+
+
+def test_records_that_cannot_be_sent_are_counted_not_dropped():
+    """An exporter that is closed, or whose encoder fails mid-batch, counts
+    the records it could not send as records_not_sent."""
+    from flowprobe.exporters.exporter import build_exporter
+    recs, n = make_records([{"src_port": 1000 + i} for i in range(5)]), 5
+    exp = build_exporter("ipfix://127.0.0.1:9")
+
+    def broken(address, count):
+        raise RuntimeError("encoder bug")
+        yield  # pragma: no cover
+    exp.encoder.encode = broken
+    exp.sink(recs, n)
+    assert exp.stats()["records_not_sent"] == n
+    exp.close()
+    exp.sink(recs, n)
+    assert exp.stats()["records_not_sent"] == 2 * n
