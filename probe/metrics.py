@@ -13,7 +13,7 @@ from typing import Any, Callable
 from flowprobe.config import ConfigError
 
 
-from flowprobe.probe.stats import XDP_COUNTERS
+from flowprobe.probe.stats import XDP_COUNTERS, LoopServer
 
 
 def _families(doc: dict):
@@ -76,7 +76,7 @@ def check_available() -> None:
                            "installed (pip install prometheus-client)"]) from None
 
 
-class MetricsServer:
+class MetricsServer(LoopServer):
     """HTTP/1.0 GET -> text exposition, one short request at a time."""
 
     def __init__(self, listen: str, provider: Callable[[], dict], log: Any) -> None:
@@ -86,7 +86,6 @@ class MetricsServer:
         self.log = log
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(provider))
-        self.sock: socket.socket | None = None
 
     def open(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -99,33 +98,14 @@ class MetricsServer:
         self.port = sock.getsockname()[1]
         self.log.info("metrics_listening", host=self.host, port=self.port)
 
-    def fileno(self) -> int:
-        return self.sock.fileno() if self.sock else -1
-
-    def handle(self) -> None:
+    def answer(self, conn: socket.socket) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        while self.sock is not None:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                conn.settimeout(1.0)
-                request = conn.recv(4096)
-                if request.startswith(b"GET "):
-                    body = generate_latest(self.registry)
-                    head = (f"HTTP/1.0 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
-                            f"Content-Length: {len(body)}\r\n\r\n").encode()
-                else:
-                    body = b""
-                    head = b"HTTP/1.0 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n"
-                conn.sendall(head + body)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        request = conn.recv(4096)
+        if request.startswith(b"GET "):
+            body = generate_latest(self.registry)
+            head = (f"HTTP/1.0 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+        else:
+            body = b""
+            head = b"HTTP/1.0 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n"
+        conn.sendall(head + body)

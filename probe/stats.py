@@ -100,14 +100,46 @@ def records_exported(c: dict) -> int:
 
 # ------------------------------------------------------------------ server
 
-class StatsServer:
+class LoopServer:
+    """A non-blocking listening socket served from the supervisor's main
+    loop (no thread: the supervisor forks): ``handle()`` answers every
+    pending connection with ``answer(conn)`` and closes it."""
+
+    sock: socket.socket | None = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno() if self.sock else -1
+
+    def handle(self) -> None:
+        while self.sock is not None:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:          # BlockingIOError: nothing pending
+                return
+            try:
+                conn.settimeout(1.0)
+                self.answer(conn)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class StatsServer(LoopServer):
     """A unix stream socket; each client gets one JSON document."""
 
     def __init__(self, path: str, provider: Callable[[], dict], log: Any) -> None:
         self.path = path
         self.provider = provider
         self.log = log
-        self.sock: socket.socket | None = None
 
     def open(self) -> bool:
         """Bind the socket; False (and a warning) if it cannot be served."""
@@ -131,29 +163,12 @@ class StatsServer:
         self.sock = sock
         return True
 
-    def fileno(self) -> int:
-        return self.sock.fileno() if self.sock else -1
-
-    def handle(self) -> None:
-        while self.sock is not None:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            try:
-                conn.settimeout(1.0)
-                conn.sendall(json.dumps(self.provider(), separators=(",", ":")).encode())
-            except OSError:
-                pass
-            finally:
-                conn.close()
+    def answer(self, conn: socket.socket) -> None:
+        conn.sendall(json.dumps(self.provider(), separators=(",", ":")).encode())
 
     def close(self) -> None:
         if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+            super().close()
             try:
                 os.unlink(self.path)
             except OSError:
