@@ -1,61 +1,74 @@
-# flowprobe: make deps | build | test | run | bench | clean
+# flowprobe: make deps | build | test | run | bench | bench-live | deb | clean
 # Works on a fresh Debian 12 machine as root (or with sudo).
+#
+# Debian packages go in with tools/apt-install.sh (no Recommends, no test
+# daemon left enabled); Python packages go into the project's own virtual
+# environment $(VENV), never into the system Python.
 
 PYTHON ?= python3
-PIP    := $(PYTHON) -m pip
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-APT_PACKAGES := build-essential python3-dev python3-pip libpcap-dev clang \
+APT_PACKAGES := build-essential python3-dev python3-venv libpcap-dev clang \
 	libclang-rt-14-dev softflowd nfdump tshark tcpreplay netsniff-ng tcpdump \
 	iproute2 ethtool libxdp-dev libbpf-dev pkg-config \
-	dpkg-dev help2man lintian debootstrap systemd systemd-container
-# Build requirements, setup.py's install_requires and the "test" extra.
-PY_DEPS := 'setuptools>=64' wheel 'cffi>=1.15' pyyaml structlog ipfix pyroute2 prometheus-client \
-	pytest hypothesis atheris
-PY_IMPORTS := setuptools, wheel, cffi, yaml, structlog, ipfix, pyroute2, prometheus_client, pytest, hypothesis, atheris
+	dpkg-dev help2man lintian debootstrap systemd systemd-container git acl
+# What the venv needs before setup.py can run (cffi builds the extensions);
+# the rest comes from setup.py's install_requires and its "test" extra.
+BUILD_DEPS := 'setuptools>=64' wheel 'cffi>=1.15'
+# Everything the C extensions are built from: a change rebuilds them.
+C_SOURCES := setup.py $(wildcard */_build.py */*_build.py */*/_build.py \
+	*/*.c */*.h */*/*.c */*/*.h)
 
-export DEBIAN_FRONTEND := noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
-# A Debian system Python refuses pip installs without this (PEP 668).
-export PIP_BREAK_SYSTEM_PACKAGES := 1
 
-.PHONY: all deps build test run bench bench-live deb clean
+.PHONY: all deps apt-deps build test run bench bench-live deb clean distclean
 
 all: build
 
-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do \
-		dpkg -s $$p 2>/dev/null | grep -q '^Status: install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "apt-get install:" $$missing; \
-		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
-	@$(PYTHON) -c "import $(PY_IMPORTS)" 2>/dev/null || $(PIP) install -q $(PY_DEPS)
+apt-deps:
+	@tools/apt-install.sh $(APT_PACKAGES)
 
-build: deps
-	$(PIP) install -q -e . --no-build-isolation
+# The venv is made once; `make distclean` removes it.
+$(VENV)/.deps: setup.py | apt-deps
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(BUILD_DEPS)
+	touch $@
 
-test: deps build
-	$(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
+deps: apt-deps $(VENV)/.deps
 
-run: deps build
-	$(SUDO) $(PYTHON) -m flowprobe.probe.demo
+# Editable install: the venv's flowprobe is this work tree, C built in place.
+$(VENV)/.built: $(VENV)/.deps $(C_SOURCES)
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+build: deps $(VENV)/.built
+
+test: build
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+run: build
+	$(SUDO) $(PY) tools/demo.py
 
 # dist/flowprobe_<version>_<arch>.deb (packaging/build-deb.sh; README "The appliance package")
-deb: deps
+deb: apt-deps
 	packaging/build-deb.sh dist
 
-bench: deps build
-	$(PYTHON) bench/run.py
+bench: build
+	$(PY) bench/run.py
 
-bench-live: deps build
-	$(PYTHON) bench/live.py
+bench-live: build
+	$(PY) bench/live.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis bench/out bench/results
-	find . -name __pycache__ -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name __pycache__ -prune -exec rm -rf {} +
 	find probe driver exporters -name '*.so' -delete
-	find . -name 'flowprobe.*.c' -delete -o -name '*.o' -delete
+	find . -path ./$(VENV) -prune -o \( -name 'flowprobe.*.c' -o -name '*.o' \) -exec rm -f {} +
+	rm -f $(VENV)/.built
+
+distclean: clean
+	rm -rf $(VENV)
