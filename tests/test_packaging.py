@@ -353,7 +353,7 @@ def test_service_runs_hardened_under_systemd(root, deb, tmp_path):
         box.run("systemctl", "reload", "flowprobe")
         assert box.run("systemctl", "is-active", "flowprobe").stdout.strip() == "active"
         sent = json.loads(sh(["ip", "netns", "exec", send_ns, sys.executable,
-                              str(REPO / "tests/live/sender.py"), f"fp{tag}s", str(pcap),
+                              str(REPO / "tools/sender.py"), f"fp{tag}s", str(pcap),
                               "--pps", "5000", "--max-seconds", "20"]).stdout)
         assert sent["sent"] == truth.frames
         time.sleep(0.5)

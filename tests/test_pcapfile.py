@@ -1,10 +1,11 @@
 """The capture-file reader (flowprobe.driver._pcap) on its own.
 
-Every corpus capture is read by the reader the file gets by default and,
-for classic pcap, also through libpcap: both must hand out identical
-batches (lengths, times, bytes) and agree with tshark. tshark keeps a
-record's caplen above the file's snaplen; libpcap (and so both readers)
-clips it to the snaplen, so that one difference is expected.
+Every capture, seeded synthetic ones always and the real-world corpus
+(FLOWPROBE_CORPUS) when there is one, is read by the reader the file gets by
+default and, for classic pcap, also through libpcap: both must hand out
+identical batches (lengths, times, bytes) and agree with tshark. tshark
+keeps a record's caplen above the file's snaplen; libpcap (and so both
+readers) clips it to the snaplen, so that one difference is expected.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from pathlib import Path
 
 import pytest
 
+import corpus
+import synth
 from flowprobe.driver import pcapfile as pf
 from flowprobe.driver.pcapfile import CaptureFileError, TruncatedCaptureError, open_capture
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
-FILES = sorted(p for p in CORPUS.glob("*/*") if p.suffix in (".pcap", ".pcapng"))
+FILES = corpus.captures()
 CAP = 64  # small batches: many batch boundaries per file
-
-pytestmark = pytest.mark.skipif(not FILES, reason=f"no corpus at {CORPUS}")
 
 
 CLASSIC = {bytes.fromhex(m) for m in ("a1b2c3d4", "d4c3b2a1", "a1b23c4d", "4d3cb2a1")}
@@ -65,15 +65,15 @@ def tshark_rows(path):
 
 
 @pytest.fixture(scope="module")
-def tshark_truth():
+def tshark_truth(synthetic_captures):
     if shutil.which("tshark") is None:
-        pytest.skip("tshark not installed")
+        pytest.fail("tshark is not installed (make deps installs it)")
+    files = [*synthetic_captures, *FILES]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(FILES, pool.map(tshark_rows, FILES)))
+        return dict(zip(files, pool.map(tshark_rows, files)))
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_corpus_file(path, tshark_truth):
+def check_against_libpcap_and_tshark(path, tshark_truth):
     cf, pkts, err, st = read_all(path)
     assert cf.is_mmap == is_classic(path)  # the corpus has no odd classic files
     assert st["packets"] == len(pkts)
@@ -98,6 +98,19 @@ def test_corpus_file(path, tshark_truth):
     assert [(c, w, t) for c, w, t, *_ in pkts] == expected
     if cf.is_mmap:
         assert st["clipped_records"] == sum(1 for c, _, _ in rows if c > cf.snaplen)
+
+
+@pytest.mark.parametrize("index", range(3), ids=["pcap", "pcap-ns", "pcapng"])
+def test_synthetic_file(index, synthetic_captures, tshark_truth):
+    """A seeded capture reads the same through mmap, libpcap and tshark."""
+    check_against_libpcap_and_tshark(synthetic_captures[index], tshark_truth)
+
+
+@pytest.mark.parametrize("path", corpus.params(FILES),
+                         ids=lambda p: f"{p.parent.name}/{p.name}" if p else "no-corpus")
+def test_corpus_file(path, tshark_truth):
+    """A real-world capture reads the same through mmap, libpcap and tshark."""
+    check_against_libpcap_and_tshark(path, tshark_truth)
 
 
 # --- synthetic classic pcap files -------------------------------------------
@@ -161,18 +174,11 @@ def test_caplen_above_snaplen_is_clipped(tmp_path):
         assert st["clipped_records"] == (0 if force else 1)  # libpcap clips silently
 
 
-def corpus_pcap_with(min_packets):
-    for p in FILES:
-        if is_classic(p):
-            _, pkts, err, st = read_all(p)
-            if err is None and len(pkts) >= min_packets and not st["clipped_records"]:
-                return p, pkts
-    pytest.skip("no suitable corpus pcap")
-
-
 @pytest.mark.parametrize("where", ["mid_data", "mid_header"])
-def test_truncated_copy(tmp_path, where):
-    src, pkts = corpus_pcap_with(3)
+def test_truncated_copy(tmp_path, where, synthetic_captures):
+    src = synthetic_captures[0]
+    _, pkts, err, st = read_all(src)
+    assert err is None and len(pkts) >= 3 and not st["clipped_records"]
     blob = src.read_bytes()
     end_of_two = 24 + sum(16 + p[0] for p in pkts[:2])  # no clipping in the chosen file
     cut = end_of_two + 16 + pkts[2][0] // 2 if where == "mid_data" else end_of_two + 7
@@ -242,25 +248,21 @@ def test_directory_is_an_error(tmp_path):
         open_capture(tmp_path)
 
 
-def test_pcapng_goes_through_libpcap():
-    ng = [p for p in FILES if not is_classic(p)]
-    if not ng:
-        pytest.skip("no pcapng in corpus")
-    with open_capture(ng[0]) as cf:
+def test_pcapng_goes_through_libpcap(synthetic_captures):
+    ng = synthetic_captures[2]
+    assert not is_classic(ng)
+    with open_capture(ng) as cf:
         assert not cf.is_mmap
 
 
-def test_pcapng_with_two_link_types(tmp_path):
+def test_pcapng_with_two_link_types(tmp_path, synthetic_captures):
+    """One pcapng with an Ethernet and a raw-IP interface is refused by name."""
     if shutil.which("mergecap") is None:
-        pytest.skip("mergecap not installed")
-    eth = raw = None
-    for p in FILES:
-        if is_classic(p):
-            with open_capture(p) as cf:
-                eth = eth or (p if cf.linktype == 1 else None)
-                raw = raw or (p if cf.linktype in (101, 228) else None)
-    if not (eth and raw):
-        pytest.skip("corpus lacks Ethernet + raw IP pcaps")
+        pytest.fail("mergecap is not installed (tshark's package; make deps installs it)")
+    eth = synthetic_captures[0]
+    raw = tmp_path / "raw.pcap"
+    ip4 = synth.ipv4("198.18.0.1", "198.19.0.1", 17, synth.udp(1234, 53, b"x" * 8))
+    write_pcap(raw, [(1_700_000_000, 0, ip4, len(ip4))], linktype=101)
     f = tmp_path / "multi.pcapng"
     subprocess.run(["mergecap", "-F", "pcapng", "-w", str(f), str(eth), str(raw)],
                    check=True, capture_output=True)

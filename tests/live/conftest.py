@@ -20,8 +20,10 @@ import pytest
 LIVE_DIR = Path(__file__).resolve().parent
 if str(LIVE_DIR) not in sys.path:
     sys.path.insert(0, str(LIVE_DIR))
-if str(LIVE_DIR.parent) not in sys.path:
-    sys.path.insert(0, str(LIVE_DIR.parent))
+for _path in (LIVE_DIR.parent, LIVE_DIR.parent / "support"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+from repo import SENDER  # noqa: E402  (tests/support is on the path now)
 
 STATE_DIR = Path("/run/flowprobe")
 
@@ -57,7 +59,7 @@ class VethPair:
 
     def send(self, pcap: Path, *, pps: int = 0, max_seconds: float = 30) -> dict:
         """Replay pcap out of send_if (bounded); returns the sender's report."""
-        out = self.python(self.send_ns, str(LIVE_DIR / "sender.py"), self.send_if,
+        out = self.python(self.send_ns, str(SENDER), self.send_if,
                           str(pcap), "--pps", str(pps),
                           "--max-seconds", str(max_seconds)).stdout
         return json.loads(out)

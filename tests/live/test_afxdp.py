@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import synth
+from repo import SENDER
 
 LIVE_DIR = Path(__file__).resolve().parent
 
@@ -404,7 +405,7 @@ def test_one_socket_per_queue(veth2q, seeded):
         while "READY" not in (line := p.stdout.readline()):
             assert line, "multi-queue script failed"
         subprocess.run(["ip", "netns", "exec", snd, sys.executable,
-                        str(LIVE_DIR / "sender.py"), snd, str(path), "--pps", str(PPS)],
+                        str(SENDER), snd, str(path), "--pps", str(PPS)],
                        check=True, capture_output=True, timeout=60)
         out = p.communicate(timeout=30)[0]
     finally:

@@ -8,6 +8,7 @@ import sys
 import time
 
 import synth
+from repo import SENDER
 from test_afxdp import PPS, seeded, veth2q  # noqa: F401  (fixtures)
 
 LIVE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -60,7 +61,7 @@ def test_one_reader_per_queue_and_reader_death_keeps_the_program(veth2q, seeded,
                  and r["state"] == "running")
         assert xdp_on(cap, cap)
         subprocess.run(["ip", "netns", "exec", snd, sys.executable,
-                        os.path.join(LIVE_DIR, "sender.py"), snd, str(path), "--pps", str(PPS)],
+                        str(SENDER), snd, str(path), "--pps", str(PPS)],
                        check=True, capture_output=True, timeout=60)
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)

@@ -1,7 +1,14 @@
 """`flowprobe run --user NAME`: the readers run as NAME with exactly
-CAP_NET_RAW and CAP_NET_ADMIN, and still capture and export exactly."""
+CAP_NET_RAW and CAP_NET_ADMIN, and still capture and export exactly.
+
+NAME may not read the checkout (a clone under a mode-700 home, as root's
+is): the tests deny it with a POSIX ACL, so once privileges are dropped
+nothing may be loaded from the package's files, not even by a reader that
+the supervisor restarts."""
 import json
+import os
 import pwd
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +17,7 @@ import uuid
 import pytest
 
 import synth
+from repo import REPO
 from test_run import FLOWS, PACKETS, PPS, final_stats, stop_probe
 
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
@@ -18,14 +26,27 @@ WANT = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
 
 @pytest.fixture
 def test_user():
-    """A system user created for this test, removed at teardown."""
+    """A system user created for this test, removed at teardown, who may
+    not enter the checkout (an ACL entry on it, removed at teardown)."""
     name = f"fp-test-{uuid.uuid4().hex[:6]}"
     subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
                     "--shell", "/usr/sbin/nologin", name], check=True, timeout=30)
     try:
-        yield pwd.getpwnam(name)
+        subprocess.run(["setfacl", "-m", f"u:{name}:---", str(REPO)], check=True, timeout=30)
+        try:
+            yield pwd.getpwnam(name)
+        finally:
+            subprocess.run(["setfacl", "-x", f"u:{name}", str(REPO)], check=False, timeout=30)
     finally:
         subprocess.run(["userdel", name], check=False, timeout=30)
+
+
+def test_user_cannot_read_the_checkout(test_user):
+    """The fixture's premise: the dropped user cannot read the package."""
+    probe = subprocess.run(["setpriv", f"--reuid={test_user.pw_uid}", f"--regid={test_user.pw_gid}",
+                            "--clear-groups", "cat", str(REPO / "__init__.py")],
+                           capture_output=True, text=True, timeout=30)
+    assert probe.returncode != 0 and "Permission denied" in probe.stderr
 
 
 def proc_status(pid: int) -> dict:
@@ -100,6 +121,50 @@ def test_run_user_drops_privileges_and_captures(veth, tmp_path, test_user):
     stats = final_stats(err)
     assert stats["ring"]["kernel_drops"] == 0
     assert stats["table"]["packets_accepted"] == truth.packets
+
+
+def read_until(proc, lines: list[str], event: str, count: int, timeout: float) -> int:
+    """Read the probe's stderr into `lines` until `event` has been seen
+    `count` times in all of them, or `timeout` passes; the count seen."""
+    deadline = time.monotonic() + timeout
+    seen = sum(f'"{event}"' in x for x in lines)
+    while seen < count and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        seen += f'"{event}"' in line
+    return seen
+
+
+def test_reader_restarted_after_the_drop(veth, tmp_path, test_user):
+    """A reader killed after the drop is restarted as the user, from what
+    the supervisor has loaded: the checkout is unreadable to it."""
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"supervisor:\n  workers: 2\n  stats_socket: {tmp_path}/fp.sock\n")
+    tmp_path.chmod(0o755)
+    proc = subprocess.Popen(
+        veth.argv(veth.cap_ns, sys.executable, "-m", "flowprobe", "run", "-i", veth.cap_if,
+                  "-c", str(cfg), "--user", test_user.pw_name),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert read_until(proc, lines, "reader_started", 2, 20) == 2, "".join(lines)
+        sup = next(p for p in [proc.pid, *children(proc.pid)]
+                   if "flowprobe" in open(f"/proc/{p}/cmdline").read())
+        victim = children(sup)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert read_until(proc, lines, "reader_started", 3, 20) == 3, "".join(lines)
+        readers = children(sup)
+        assert len(readers) == 2 and victim not in readers
+        for pid in readers:
+            st = proc_status(pid)
+            assert {int(x) for x in st["Uid"].split()} == {test_user.pw_uid}
+            assert int(st["CapEff"], 16) == WANT, (pid, st["CapEff"])
+        assert not any('"reader_setup_failed"' in x for x in lines), "".join(lines)
+    finally:
+        if proc.poll() is None:
+            stop_probe(proc)
 
 
 def test_run_user_unknown_is_config_error(veth):

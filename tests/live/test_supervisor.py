@@ -20,7 +20,7 @@ from test_export_nfdump import nfdump_sequence_failures
 from flowprobe.probe import stats as fpstats
 
 PPS = 20000
-SENDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sender.py")
+from repo import SENDER
 BASE_CFG = ("capture:\n  block_timeout_ms: 5\n  filter: {filter}\n"
             "supervisor:\n  heartbeat_timeout_s: {hb}\n  stats_socket: {sock}\n")
 
