@@ -23,6 +23,10 @@ import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from flowprobe.config import ConfigError
+from flowprobe.driver.ring import Ring, RingError
+from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
+from flowprobe.exporters.exporter import ExportConfigError, build_exporters
 from flowprobe.probe.errors import CaptureSetupError, ExitCode
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
 from flowprobe.probe.logs import get_logger
@@ -59,10 +63,8 @@ def open_ring(cfg, iface: str, index: int, fanout_group: int = 0):
     Today a TPACKET_V3 ring; a ``capture.backend`` option (AF_XDP, queue =
     index) plugs in here. Raises CaptureSetupError with the interface named.
     """
-    from flowprobe.driver.ring import Ring, RingError
     try:
         if getattr(cfg.capture, "backend", "afpacket") == "afxdp":
-            from flowprobe.driver.xsk import XskRing, capture_queues
             queues = capture_queues(cfg.capture, iface)
             if index >= len(queues):
                 raise ValueError(f"reader {index} has no queue: afxdp captures "
@@ -79,7 +81,6 @@ def rings_per_interface(cfg, iface: str, workers: int) -> int:
     fanout group, or with AF_XDP one reader per captured RX queue."""
     if getattr(cfg.capture, "backend", "afpacket") != "afxdp":
         return workers
-    from flowprobe.driver.xsk import capture_queues
     try:
         return len(capture_queues(cfg.capture, iface))
     except (OSError, ValueError) as exc:
@@ -93,7 +94,6 @@ def attach_shared_programs(cfg, ifaces: list[str]) -> list:
     returned handles to detach. Nothing to do for TPACKET_V3."""
     if getattr(cfg.capture, "backend", "afpacket") != "afxdp":
         return []
-    from flowprobe.driver.xsk import XdpProgram, capture_queues
     programs = []
     try:
         for iface in ifaces:
@@ -147,8 +147,6 @@ def build_exporter_set(items: list[dict]):
     become ConfigError (exit 2)."""
     if not items:
         return None
-    from flowprobe.config import ConfigError
-    from flowprobe.exporters.exporter import ExportConfigError, build_exporters
     try:
         return build_exporters(items)
     except ExportConfigError as exc:
@@ -338,7 +336,6 @@ def _sequences(exporters) -> dict[str, dict[str, int]]:
 
 
 def _ring_error_type() -> type:
-    from flowprobe.driver.ring import RingError
     return RingError
 
 

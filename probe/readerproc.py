@@ -28,8 +28,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowprobe.probe import heartbeat
+from flowprobe.probe import heartbeat, privdrop
 from flowprobe.probe.errors import ExitCode, exit_code_for
+from flowprobe.probe.logs import configure_logging as configure_process_logging
+from flowprobe.probe.logs import get_logger
+from flowprobe.probe.reader import Reader
 
 PR_SET_PDEATHSIG = 1
 PUBLISH_INTERVAL_S = 0.2
@@ -151,8 +154,7 @@ class LineStream:
 
 def configure_logging(cfg) -> None:
     """structlog for this process (after fork too), one write per line."""
-    from flowprobe.probe.logs import configure_logging as configure
-    configure(cfg.logging.level, cfg.logging.format, stream=LineStream(2))
+    configure_process_logging(cfg.logging.level, cfg.logging.format, stream=LineStream(2))
 
 
 def set_parent_death_signal(signum: int) -> None:
@@ -222,13 +224,10 @@ def child_main(spec: ReaderSpec, cfg, generation: int, slot: heartbeat.Slot,
             os.sched_setaffinity(0, {spec.cpu})
         except OSError:
             pass   # logged below as cpu=None
-    from flowprobe.probe.logs import get_logger
     configure_logging(cfg)
     log = get_logger(iface=spec.iface, ring=spec.index, cpu=spec.cpu, pid=pid)
-    from flowprobe.probe.reader import Reader
     try:
         if opts.get("restrict_caps"):   # not root (--user, systemd User=)
-            from flowprobe.probe import privdrop
             privdrop.restrict(privdrop.open_caps(cfg.capture.backend))
         reader = Reader(cfg, spec.iface, index=spec.index, worker=spec.worker,
                         export_urls=opts.get("export_urls", []),

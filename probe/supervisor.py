@@ -32,7 +32,7 @@ from typing import Any
 
 from flowprobe.config import Config, ConfigError
 from flowprobe.config.schema import parse_cpulist, parse_interfaces
-from flowprobe.probe import heartbeat, stats
+from flowprobe.probe import heartbeat, privdrop, stats
 from flowprobe.probe.errors import ExitCode
 from flowprobe.probe.logs import get_logger
 from flowprobe.probe.reader import attach_shared_programs, rings_per_interface
@@ -147,7 +147,6 @@ class Supervisor:
         (probe/privdrop.py); each reader narrows further once its ring is open."""
         if not self.user:
             return
-        from flowprobe.probe import privdrop
         account = privdrop.lookup(self.user)
         caps = privdrop.open_caps(self.cfg.capture.backend)
         if self.stats_server.fileno() >= 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
+import select
 import socket
 import struct
 import termios
@@ -238,7 +239,6 @@ class TcpTransport(Transport):
 
 
 def socket_wait(sock, write: bool, timeout: float) -> bool:
-    import select
     p = select.poll()
     p.register(sock, select.POLLOUT if write else select.POLLIN)
     ev = p.poll(int(timeout * 1000))
