@@ -236,29 +236,32 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _line(name: str, c: dict) -> str:
+def _line(name: str, c: dict, width: int) -> str:
     t, r = c["table"], c["ring"]
     exp = sum(e["records_exported"] for e in c["exporters"].values())
     fail = sum(e["records_failed"] for e in c["exporters"].values())
-    return (f"{name:<34} {r['packets']:>12} {r['drops']:>8} {r['freezes']:>7} "
+    return (f"{name:<{width}} {r['packets']:>12} {r['drops']:>8} {r['freezes']:>7} "
             f"{t['packets_accepted']:>12} {sum(t['skipped'].values()):>9} "
             f"{t['flows_active']:>9} {t['flows_created']:>10} "
             f"{sum(t['flows_expired'].values()):>10} {exp:>10} {fail:>7}\n")
 
 
 def render(doc: dict) -> str:
-    """A human table: one line per reader and a total, then the details."""
+    """A human table: one line per reader and a total, then the details.
+    The first column is as wide as its longest name: nothing is cut."""
+    names = [f"{r['index']} {r['iface']} cpu{r['cpu']} pid{r['pid']} {r['state']}"
+             for r in doc.get("readers", [])]
+    width = max(len(n) for n in [*names, "reader", "total"])
     out = [f"flowprobe pid {doc.get('pid')}  readers {doc.get('running', 0)}/"
            f"{len(doc.get('readers', []))} running  config generation "
            f"{doc.get('generation')}  uptime {doc.get('uptime_s', 0):.0f} s\n",
-           f"{'reader':<34} {'ring_pkts':>12} {'drops':>8} {'freezes':>7} "
+           f"{'reader':<{width}} {'ring_pkts':>12} {'drops':>8} {'freezes':>7} "
            f"{'accepted':>12} {'skipped':>9} {'active':>9} {'created':>10} "
            f"{'expired':>10} {'exported':>10} {'failed':>7}\n"]
-    for r in doc.get("readers", []):
-        name = f"{r['index']} {r['iface']} cpu{r['cpu']} pid{r['pid']} {r['state']}"
-        out.append(_line(name[:34], r["counters"]))
+    for name, r in zip(names, doc.get("readers", [])):
+        out.append(_line(name, r["counters"], width))
     tot = doc["total"]
-    out.append(_line("total", tot))
+    out.append(_line("total", tot, width))
     t = tot["table"]
     skipped = {k: v for k, v in t["skipped"].items() if v}
     out.append(f"skipped by reason: {json.dumps(skipped) if skipped else 'none'}\n")

@@ -8,14 +8,19 @@
    ``flowprobe run`` with 2 readers exporting IPFIX to it, both in the
    capture namespace;
 4. the bundled synthetic capture probe/data/demo.pcap (198.18.0.0/15,
-   made by tests/synth.py) replayed out of the sender end;
+   made by tests/support/synth.py) replayed out of the sender end by
+   tools/sender.py;
 5. the flows the collector received, the probe's stats, then SIGTERM and
    a full cleanup (namespaces deleted even on failure or Ctrl-C).
+
+A set-up step that fails ends the demo with one line, the command and its
+stderr, and exit status 2 (no traceback).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,14 +29,34 @@ import time
 import uuid
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "data"
-DEMO_PCAP = DATA / "demo.pcap"
+HERE = Path(__file__).resolve().parent
+DEMO_PCAP = HERE.parent / "probe" / "data" / "demo.pcap"
+SENDER = HERE / "sender.py"
+EXIT_SETUP = 2
 PORT = 4739
 SHOW_FLOWS = 25
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
+class StepFailed(Exception):
+    """A command of the demo failed: its argv, exit status and stderr."""
+
+    def __str__(self) -> str:
+        argv, status, stderr = self.args
+        detail = " ".join(stderr.split()) or "no output on stderr"
+        return f"`{' '.join(argv)}` failed ({status}): {detail}"
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise StepFailed(argv, f"timed out after {timeout:.0f} s",
+                         (exc.stderr or b"").decode(errors="replace")) from None
+    except OSError as exc:
+        raise StepFailed(argv, "could not start", str(exc)) from None
+    if check and res.returncode != 0:
+        raise StepFailed(argv, f"exit status {res.returncode}", res.stderr)
+    return res
 
 
 def flowprobe(ns: str, *args: str) -> list[str]:
@@ -91,7 +116,8 @@ class Demo:
             if proc.poll() is not None:
                 break
             time.sleep(0.1)
-        raise SystemExit("flowprobe run did not start:\n" + (self.tmp / "probe.log").read_text())
+        raise StepFailed(["flowprobe", "run"], "did not start",
+                         (self.tmp / "probe.log").read_text()[-2000:])
 
     def stats(self) -> dict:
         from flowprobe.probe.stats import fetch
@@ -103,9 +129,8 @@ class Demo:
         probe = self.start()
         print(f"demo: flowprobe run, 2 readers, IPFIX -> 127.0.0.1:{PORT} "
               f"(flowprobe collect); replaying {DEMO_PCAP.name}")
-        out = sh("ip", "netns", "exec", self.snd, sys.executable, "-m",
-                 "flowprobe.probe.sender", self.snd, str(DEMO_PCAP), "--pps", "5000",
-                 "--max-seconds", "20").stdout
+        out = sh("ip", "netns", "exec", self.snd, sys.executable, str(SENDER),
+                 self.snd, str(DEMO_PCAP), "--pps", "5000", "--max-seconds", "20").stdout
         sent = json.loads(out)
         print(f"demo: sent {sent['sent']} frames ({sent['oversize']} oversize skipped, "
               f"{sent['errors']} errors)")
@@ -139,9 +164,7 @@ class Demo:
         sh(*flowprobe(self.cap, "nic", "restore", self.cap), check=False)
         for ns in (self.cap, self.snd):
             sh("ip", "netns", "del", ns, check=False)
-        for f in self.tmp.iterdir():
-            f.unlink()
-        self.tmp.rmdir()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def main() -> int:
@@ -152,6 +175,11 @@ def main() -> int:
     demo = Demo()
     try:
         return demo.run()
+    except StepFailed as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    except KeyboardInterrupt:
+        return 130
     finally:
         demo.cleanup()
 

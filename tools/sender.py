@@ -1,11 +1,12 @@
-"""Bounded raw sender for the live demo: replay the frames of a classic pcap
+"""Bounded raw sender for the live demo and tests: replay the frames of a classic pcap
 FILE out of IFACE through an AF_PACKET socket. Only for synthetic captures
-(the bundled probe/data/demo.pcap, made by tests/synth.py), only onto a
+(the bundled probe/data/demo.pcap, made by tests/support/synth.py, and
+the captures the live tests write), only onto a
 test veth in a namespace the caller created; never a corpus capture.
 Frames larger than the interface MTU allows are skipped and counted.
 Prints {"sent", "errors", "oversize", "seconds"} as JSON.
 
-usage: python -m flowprobe.probe.sender IFACE FILE [--pps N] [--max-seconds S]
+usage: tools/sender.py IFACE FILE [--pps N] [--max-seconds S]
 """
 from __future__ import annotations
 
