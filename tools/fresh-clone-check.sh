@@ -34,7 +34,7 @@ root=$work/root
 release=bookworm
 
 mirror=$(sed -n 's/^URIs:[[:space:]]*\(\S*\/debian\)\/\?$/\1/p; s/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\(\S*\/debian\)\/\?[[:space:]]\+'$release'[[:space:]].*/\2/p' \
-    /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -n1)
+    /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -n1) || true
 mirror=${mirror:-http://deb.debian.org/debian}
 
 mounts=()
@@ -53,7 +53,7 @@ bind() {   # bind SRC DEST [ro]
 mkdir -p "$work"
 rm -rf --one-file-system "$root"
 echo "== debootstrap $release from $mirror"
-debootstrap --variant=minbase --include=ca-certificates,make,python3 "$release" "$root" "$mirror" \
+debootstrap --variant=minbase --include=ca-certificates,make "$release" "$root" "$mirror" \
     > "$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log"; exit 1; }
 
 # the host's registry settings, nothing else
