@@ -36,7 +36,8 @@ setup(
         "flowprobe.exporters": ["*.h", "*.c"],
     },
     setup_requires=["cffi>=1.15"],
-    install_requires=["cffi>=1.15", "pyyaml", "structlog", "ipfix", "pyroute2", "prometheus-client"],
+    install_requires=["cffi>=1.15", "pyyaml", "structlog", "ipfix", "pyroute2", "prometheus-client",
+                      "pyzmq"],
     extras_require={"test": ["pytest", "hypothesis", "atheris"]},
     cffi_modules=[
         "probe/flowtable/_build.py:ffibuilder",
