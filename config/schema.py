@@ -25,7 +25,7 @@ class ConfigError(Exception):
     Each message reads ``dotted.path (line N): what is wrong``.
     """
 
-    exit_code = 2  # == flowprobe.probe.errors.ExitCode.CONFIG
+    exit_code = 2  # == flowprobe.errors.ExitCode.CONFIG
 
     def __init__(self, messages: list[str] | str, source: str | None = None):
         self.messages = [messages] if isinstance(messages, str) else list(messages)

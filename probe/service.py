@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flowprobe.probe.errors import ExitCode
+from flowprobe.errors import ExitCode
 
 DEFAULT_CONFIG = "/etc/flowprobe/flowprobe.yaml"
 

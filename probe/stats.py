@@ -21,7 +21,7 @@ import socket
 import sys
 from typing import Any, Callable
 
-from flowprobe.probe.errors import ExitCode, FlowprobeError
+from flowprobe.errors import ExitCode, FlowprobeError
 
 DEFAULT_SOCKET = "/run/flowprobe/flowprobe.sock"
 
