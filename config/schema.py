@@ -199,7 +199,8 @@ def check_power_of_two(value: int) -> str | None:
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Live capture (TPACKET_V3 ring) settings."""
+    """Live capture settings: interfaces, the ring of either backend
+    (AF_PACKET TPACKET_V3 or AF_XDP), filter, sampling, timestamps."""
     interface: str | None = setting(None, check=check_interfaces)
     snaplen: int = setting(256, min=64, max=262144)
     block_size: int = setting(1 * MiB, min=4 * KiB, max=2**31, multiple_of=4096)
