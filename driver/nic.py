@@ -4,10 +4,9 @@ prepare makes the interface receive-only and records every change in
 /run/flowprobe/IFACE.json so restore puts exactly that back:
 
   egress blocked   clsact qdisc + a direct-action cls_bpf filter on egress
-                   whose eBPF program returns TC_ACT_SHOT. It needs only
-                   cls_bpf, so it works on kernels built without
-                   cls_matchall / act_gact (and without modules to load
-                   them); pyroute2 0.9 cannot send a classic cls_bpf program
+                   whose eBPF program returns TC_ACT_SHOT. This kernel has no
+                   cls_matchall / act_gact (no loadable modules), and
+                   pyroute2 0.9 cannot send a classic cls_bpf program
                    (TCA_BPF_OPS is a u32 there), so the 2-instruction eBPF
                    program is loaded with bpf(2) and attached by fd through
                    netlink. Packets sent with PACKET_QDISC_BYPASS or an
