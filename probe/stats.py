@@ -21,6 +21,7 @@ import socket
 import sys
 from typing import Any, Callable
 
+from flowprobe.config import load_config
 from flowprobe.errors import ExitCode, FlowprobeError
 
 DEFAULT_SOCKET = "/run/flowprobe/flowprobe.sock"
@@ -223,7 +224,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     path = args.socket
     if not path:
         if args.config:
-            from flowprobe.config import load_config
             path = load_config(args.config).supervisor.stats_socket
         else:
             path = DEFAULT_SOCKET
