@@ -201,7 +201,9 @@ class ReaderChild:
             return ExitCode.FAILURE
         self.slot.reset(self.pid, self.generation)
         self.pin_cpu()
-        self.configure_logging(self.cfg)
+        # structlog again after the fork; one write per line on the shared stderr
+        configure_logging(self.cfg.logging.level, self.cfg.logging.format,
+                          stream=LineStream())
         self.log = get_logger(iface=self.spec.iface, ring=self.spec.index,
                               cpu=self.spec.cpu, pid=self.pid)
         try:
@@ -243,10 +245,6 @@ class ReaderChild:
                 os.sched_setaffinity(0, {self.spec.cpu})
             except OSError:
                 pass   # logged as cpu=None
-
-    def configure_logging(self, cfg) -> None:
-        """structlog for this process (after fork too), one write per line."""
-        configure_logging(cfg.logging.level, cfg.logging.format, stream=LineStream())
 
     def open_reader(self) -> Reader:
         """The ring and exporters; without root, only the capabilities that
@@ -291,7 +289,7 @@ class ReaderChild:
         try:
             changed = self.reader.reload(cfg)
             if cfg.logging != self.cfg.logging:
-                self.configure_logging(cfg)
+                configure_logging(cfg.logging.level, cfg.logging.format, stream=LineStream())
             self.cfg = cfg
             self.log.info("reader_reloaded", generation=generation, changed=changed)
         except Exception as exc:  # noqa: BLE001 - keep running the old setting
