@@ -413,24 +413,10 @@ class Supervisor:
 
     # ------------------------------------------------------------ stats
     def stats_doc(self) -> dict[str, Any]:
-        readers, running = [], 0
-        for r in self.readers:
-            slot = self.slots[r.spec.index]
-            live = stats.counters(slot.snapshot()) if r.alive else stats.counters(None)
-            c = stats.add(r.history, live) if r.history else live
-            state = heartbeat.STATE_NAMES.get(slot.header()["state"], "?") if r.alive else "dead"
-            running += state == "running"
-            readers.append({"index": r.spec.index, "iface": r.spec.iface, "cpu": r.spec.cpu,
-                            "pid": r.pid, "state": state, "restarts": r.restarts,
-                            "lost": r.lost, "counters": c})
-        lost = {"flows": 0, "packets": 0, "octets": 0}
-        for r in self.readers:
-            lost = stats.add(lost, r.lost)
-        return {"pid": self.pid, "generation": self.generation,
-                "uptime_s": round(time.monotonic() - self.started, 3),
-                "running": running, "readers": readers,
-                "total": stats.total([x["counters"] for x in readers]),
-                "restarts": sum(r.restarts for r in self.readers), "lost": lost}
+        """The document of the stats socket, the metrics and the final log line."""
+        return stats.document(self.readers, self.slots, pid=self.pid,
+                              generation=self.generation,
+                              uptime_s=time.monotonic() - self.started)
 
     def notify(self) -> None:
         now = time.monotonic()
@@ -449,12 +435,7 @@ class Supervisor:
         self.next_watchdog = now + min(interval or 5.0, 5.0)
 
     def status_line(self) -> str:
-        doc = self.stats_doc()
-        t = doc["total"]
-        return (f"{doc['running']}/{len(doc['readers'])} readers running; "
-                f"{t['ring']['packets']} packets, {t['ring']['drops']} dropped; "
-                f"{t['table']['flows_active']} flows active; "
-                f"{stats.records_exported(t)} records exported; {doc['restarts']} restarts")
+        return stats.status_line(self.stats_doc())
 
 
 __all__ = ["Supervisor"]
