@@ -27,6 +27,7 @@ setup(
         "flowprobe.exporters",
         "flowprobe.exporters.transports",
         "flowprobe.config",
+        "flowprobe.collector",
     ],
     package_data={
         "flowprobe.config": ["flowprobe.yaml"],

@@ -36,7 +36,7 @@ from pyroute2 import IPRoute
 from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError
 
-from flowprobe.probe.errors import ExitCode
+from flowprobe.errors import ExitCode
 from flowprobe.driver.xsk import xdp_status
 
 STATE_DIR = Path("/run/flowprobe")

@@ -27,9 +27,9 @@ from flowprobe.config import ConfigError
 from flowprobe.driver.ring import Ring, RingError
 from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
 from flowprobe.exporters.exporter import ExportConfigError, build_exporters
-from flowprobe.probe.errors import CaptureSetupError, ExitCode
+from flowprobe.errors import CaptureSetupError, ExitCode
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
-from flowprobe.probe.logs import get_logger
+from flowprobe.logs import get_logger
 
 #: ARPHRD_* of the capture interface -> the link type of what the ring hands
 #: out (SOCK_RAW packet sockets deliver the device's link-layer header).
