@@ -64,11 +64,20 @@ cp -a /etc/apt/apt.conf.d/. "$root/etc/apt/apt.conf.d/" 2>/dev/null || true
 [ -d /etc/xdg/pip ] && mkdir -p "$root/etc/xdg" && cp -a /etc/xdg/pip "$root/etc/xdg/"
 for d in /opt/pypi /opt/pypi-more /opt/wheels; do [ -d "$d" ] && bind "$d" "$root$d" ro; done
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+# the host's trusted CAs (a registry proxy's own CA among them), one file
+# each, so that update-ca-certificates in the root keeps them
+cas=$root/usr/local/share/ca-certificates/host
+mkdir -p "$cas"
+awk -v dir="$cas" '/BEGIN CERTIFICATE/ { f = sprintf("%s/host-%03d.crt", dir, ++n) }
+                   n { print > f } /END CERTIFICATE/ { close(f) }' /etc/ssl/certs/ca-certificates.crt
+chroot "$root" update-ca-certificates > /dev/null 2>&1
 
 echo "== clone $(git -C "$repo" rev-parse --short HEAD) into /root/flowprobe (home mode 700)"
 chmod 700 "$root/root"
 git clone -q --no-local "$repo" "$root/root/flowprobe"
 
+# `ip netns exec` remounts / as a slave: / must be a mount point in the root
+mount --bind "$root" "$root"; mounts+=("$root")
 bind /proc "$root/proc"
 bind /sys "$root/sys"
 bind /dev "$root/dev"
