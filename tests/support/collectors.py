@@ -91,23 +91,29 @@ class Nfacctd:
         self.startup_log = ""
 
     def start(self, timeout_s=10.0):
+        open(self.templates, "a").close()     # it loads the file at start
         self.proc = subprocess.Popen(["nfacctd", "-f", self.conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         end = time.monotonic() + timeout_s
-        while not udp_port_in_use(self.port):
+        # ready: the socket is bound and the print plugin has its cache
+        while not (udp_port_in_use(self.port) and "cache entries=" in self.read_log()):
             if self.proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"nfacctd did not start on port {self.port}:\n"
                                    + self.read_log())
             time.sleep(0.05)
-        time.sleep(0.3)             # the plugin forks after the socket
+        time.sleep(0.2)
         self.startup_log = self.read_log()
         return self
+
+    def drain(self, seconds=0.5):
+        """Give it time to read what is still in its socket."""
+        time.sleep(seconds)
 
     def stop(self, timeout_s=20.0):
         """SIGINT: the print plugin writes its cache, then everything exits."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        time.sleep(0.5)             # let it drain its socket
+        self.drain()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=timeout_s)
