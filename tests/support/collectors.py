@@ -2,6 +2,7 @@
 import contextlib
 import csv
 import errno
+import ipaddress
 import json
 import os
 import signal
@@ -16,7 +17,16 @@ def free_port(kind=socket.SOCK_DGRAM):
         return s.getsockname()[1]
 
 
-def udp_port_in_use(port):
+def in_netns(netns, argv):
+    """argv run in network namespace `netns` (None: this one)."""
+    return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+
+
+def udp_port_in_use(port, netns=None):
+    if netns:
+        out = subprocess.run(in_netns(netns, ["ss", "-Hnul", f"sport = :{port}"]),
+                             capture_output=True, text=True).stdout
+        return bool(out.strip())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -26,17 +36,19 @@ def udp_port_in_use(port):
 
 
 @contextlib.contextmanager
-def nfcapd(directory, port=None, timeout_s=10.0):
-    """Run `nfcapd -w DIR -p PORT -b 127.0.0.1` until the block ends; SIGTERM
-    makes it flush its file. Yields the port."""
+def nfcapd(directory, port=None, timeout_s=10.0, netns=None):
+    """Run `nfcapd -w DIR -p PORT -b 127.0.0.1` (in network namespace
+    `netns` if given) until the block ends; SIGTERM makes it flush its
+    file. Yields the port."""
     port = port or free_port()
     os.makedirs(directory, exist_ok=True)
     log = open(os.path.join(str(directory), os.pardir, f"nfcapd-{port}.log"), "w")
-    proc = subprocess.Popen(["nfcapd", "-w", str(directory), "-p", str(port),
-                             "-b", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(in_netns(netns, ["nfcapd", "-w", str(directory), "-p", str(port),
+                                             "-b", "127.0.0.1"]),
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         end = time.monotonic() + timeout_s
-        while not udp_port_in_use(port):
+        while not udp_port_in_use(port, netns):
             if proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"nfcapd did not start on port {port}")
             time.sleep(0.05)
@@ -62,7 +74,8 @@ class Nfacctd:
 
     FIELDS = "src_host, dst_host, src_port, dst_port, proto, tos"
 
-    def __init__(self, directory, renormalize=False, port=None):
+    def __init__(self, directory, renormalize=False, port=None, netns=None):
+        self.netns = netns
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
         self.port = port or free_port()
@@ -92,11 +105,12 @@ class Nfacctd:
 
     def start(self, timeout_s=10.0):
         open(self.templates, "a").close()     # it loads the file at start
-        self.proc = subprocess.Popen(["nfacctd", "-f", self.conf],
+        self.proc = subprocess.Popen(in_netns(self.netns, ["nfacctd", "-f", self.conf]),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         end = time.monotonic() + timeout_s
         # ready: the socket is bound and the print plugin has its cache
-        while not (udp_port_in_use(self.port) and "cache entries=" in self.read_log()):
+        while not ("cache entries=" in self.read_log()
+                   and udp_port_in_use(self.port, self.netns)):
             if self.proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"nfacctd did not start on port {self.port}:\n"
                                    + self.read_log())
@@ -149,22 +163,26 @@ class Nfacctd:
         return out
 
     def flows(self):
-        """{(src, dst, sport, dport, proto, tos): [packets, bytes]} from the CSV."""
+        """{(src, dst, sport, dport, proto, tos): (packets, bytes)} from the
+        CSV; addresses in canonical form, the protocol as a number."""
         out = {}
         with open(self.csv) as f:
             for row in csv.DictReader(f):
-                key = (row["SRC_IP"], row["DST_IP"], int(row["SRC_PORT"]), int(row["DST_PORT"]),
-                       row["PROTOCOL"], int(row["TOS"]))
-                v = out.setdefault(key, [0, 0])
-                v[0] += int(row["PACKETS"])
-                v[1] += int(row["BYTES"])
+                proto = row["PROTOCOL"].strip()
+                key = (str(ipaddress.ip_address(row["SRC_IP"])),
+                       str(ipaddress.ip_address(row["DST_IP"])),
+                       int(row["SRC_PORT"]), int(row["DST_PORT"]),
+                       int(proto) if proto.isdigit() else socket.getprotobyname(proto),
+                       int(row["TOS"]))
+                p, b = out.get(key, (0, 0))
+                out[key] = (p + int(row["PACKETS"]), b + int(row["BYTES"]))
         return out
 
 
 @contextlib.contextmanager
-def nfacctd(directory, renormalize=False):
+def nfacctd(directory, renormalize=False, port=None, netns=None):
     """A running Nfacctd until the block ends (then stopped, CSV written)."""
-    d = Nfacctd(directory, renormalize=renormalize).start()
+    d = Nfacctd(directory, renormalize=renormalize, port=port, netns=netns).start()
     try:
         yield d
     finally:
