@@ -121,10 +121,11 @@ class Exporter:
         self.template_sends += 1
         now = time.monotonic()
         self.policy.stream_started(now)
-        # options data (the sampling rate) follow as soon as the exporter
-        # has control again, so collectors that scale (nfdump) know the rate
-        # before most flows of the stream
-        self._options_pending = True
+        # when sampling, options data (the rate) follow as soon as the
+        # exporter has control again: nfdump scales a flow only if it knew
+        # the rate when the flow arrived. Not otherwise: an options message
+        # after flow data is a sequence failure for nfdump (README).
+        self._options_pending = self.encoder.sampling_rate_tmpl is not None
         if head is not None and self.encoder.name == "ipfix":
             msg = msg[:8] + head[8:12] + msg[12:]
         return msg
