@@ -20,7 +20,7 @@ TEMPLATES = {(registry.TID_FLOW4, 0), (registry.TID_FLOW6, 0),
 def capture(tmp_path_factory):
     d = tmp_path_factory.mktemp("cap")
     path = str(d / "synth.pcap")
-    truth = synth.generate(path, flows=20000, packets=100000, seed=16)
+    truth = synth.generate(path, flows=8000, packets=40000, seed=16)
     return path, truth
 
 

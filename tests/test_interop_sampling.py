@@ -53,8 +53,9 @@ def nfdump_totals(directory):
             samplers)
 
 
-@pytest.mark.parametrize("mode", ["deterministic", "random"])
-@pytest.mark.parametrize("scheme", ["ipfix", "netflow9"])
+# v9 sends the same rate template in both modes
+@pytest.mark.parametrize("scheme,mode", [("ipfix", "deterministic"), ("ipfix", "random"),
+                                         ("netflow9", "random")])
 def test_nfdump_and_nfacctd_scale_by_the_declared_rate(scheme, mode, capture, tmp_path):
     """Declared 1:10: nfdump shows a 1:10 sampler and 10 x the packets and
     bytes; nfacctd renormalizes every key by 10, logs nothing and learns the
