@@ -14,7 +14,9 @@
   samplingInterval (random) under the same selectorId, v9 samplingInterval
   alone. pmacct's nfacctd reads either.
 - Statistics (RFC 7011 sections 4.1-4.3): exported messages, octets and flow
-  records, packets the engine ignored, flow records not sent.
+  records, packets the engine ignored, flow records not sent. Packets the
+  sampler did not select are not "ignored" (sampling is part of the
+  Metering Process, RFC 5474/5476; README, Exporting).
 
 The templates come from registry.py; values are packed here in template
 order, each field at its template length. Each options template goes in a
