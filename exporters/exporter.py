@@ -107,6 +107,7 @@ class Exporter:
         self.encode_errors = 0
         self.closed = False
         self._transport_open = False
+        self._options_pending = False
         self.log = RateLimitedLog(structlog.get_logger("flowprobe.export").bind(exporter=name))
         transport.on_stream_start = self._stream_start
 
@@ -120,11 +121,17 @@ class Exporter:
         self.template_sends += 1
         now = time.monotonic()
         self.policy.stream_started(now)
+        # when sampling, options data (the rate) follow as soon as the
+        # exporter has control again: nfdump scales a flow only if it knew
+        # the rate when the flow arrived. Not otherwise: an options message
+        # after flow data is a sequence failure for nfdump (README).
+        self._options_pending = self.encoder.sampling_rate_tmpl is not None
         if head is not None and self.encoder.name == "ipfix":
             msg = msg[:8] + head[8:12] + msg[12:]
         return msg
 
     def _send_options(self, now: float) -> None:
+        self._options_pending = False
         msg = self.encoder.options_message(self._stats_for_options())
         if msg is not None:
             self.options_sends += 1
@@ -161,7 +168,7 @@ class Exporter:
                 self.template_sends += 1
                 self.transport.send(msg, 0)
                 self.policy.stream_started(now)
-        if self.policy.options_due(now):
+        if self._options_pending or self.policy.options_due(now):
             self._send_options(now)
 
     # -- data path -------------------------------------------------------------
@@ -190,6 +197,8 @@ class Exporter:
             if not self._transport_open:
                 self.encoder.clock.observe(address, n)
                 self._open_transport()
+            if self._options_pending:
+                self._send_options(time.monotonic())
             for msg, nrec in self.encoder.encode(address, n):
                 self.transport.send(msg, nrec)
                 handed += nrec
