@@ -28,11 +28,13 @@ def _ft_record_cdef():
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_ft_record_cdef() + "\n" + _read(os.path.join(HERE, "encode.h")))
+ffibuilder.cdef(_ft_record_cdef() + "\n" + _read(os.path.join(HERE, "encode.h"))
+                + "\n" + _read(os.path.join(HERE, "udpsend.h")))
 ffibuilder.set_source(
     "flowprobe.exporters._enc",
-    '#include <stdint.h>\n#include <stddef.h>\n#include "flowtable.h"\n#include "encode.h"\n',
-    sources=[os.path.relpath(os.path.join(HERE, "encode.c"))],
+    '#include <stdint.h>\n#include <stddef.h>\n#include "flowtable.h"\n#include "encode.h"\n#include "udpsend.h"\n',
+    sources=[os.path.relpath(os.path.join(HERE, "encode.c")),
+             os.path.relpath(os.path.join(HERE, "udpsend.c"))],
     include_dirs=[HERE, os.path.normpath(FT_DIR)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )

@@ -27,6 +27,7 @@ from flowprobe.config import ConfigError
 from flowprobe.driver.ring import Ring, RingError
 from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
 from flowprobe.exporters.exporter import ExportConfigError, build_exporters
+from flowprobe.exporters.pipeline import ExportPipeline
 from flowprobe.probe.errors import CaptureSetupError, ExitCode
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
 from flowprobe.probe.logs import get_logger
@@ -143,12 +144,13 @@ def export_items(cfg, export_urls: list[str], index: int) -> list[dict]:
 
 
 def build_exporter_set(items: list[dict]):
-    """An ExporterSet, or None without destinations; config problems
-    become ConfigError (exit 2)."""
+    """The exporters behind their queues and sender threads (an
+    ExportPipeline: the capture loop never waits on export), or None without
+    destinations; config problems become ConfigError (exit 2)."""
     if not items:
         return None
     try:
-        return build_exporters(items)
+        return ExportPipeline(build_exporters(items))
     except ExportConfigError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -229,6 +231,12 @@ class Reader:
             if self.ring.release_block():
                 return total
 
+    @property
+    def drain_timeout_s(self) -> float:
+        """How long the exporters may drain their queues at shutdown: half
+        the supervisor's grace, so the reader still exits in time."""
+        return self.cfg.supervisor.graceful_timeout_s / 2
+
     def housekeeping(self, now_ns: int) -> None:
         self.table.expire(now_ns)
         if self.exporters is not None:
@@ -266,11 +274,13 @@ class Reader:
         """Drain what the ring already holds, end every flow, export, close."""
         while self.read_block(0):
             pass
+        if self.exporters is not None:     # the ring is done: sink() may wait now
+            self.exporters.begin_drain(self.drain_timeout_s)
         self.table.expire(time.time_ns())
         self.table.flush()
         self.table.expire(0)
         if self.exporters is not None:
-            self.exporters.close()
+            self.exporters.close(self.drain_timeout_s)
         stats = self.final_stats = self.stats()
         self.ring.close()
         self.log.info("reader_stopped", **stats)
@@ -300,7 +310,7 @@ class Reader:
         self.table.expire(time.time_ns())
         old, self.exporters = self.exporters, None
         if old is not None:
-            old.close()
+            old.close(self.drain_timeout_s)
             for name, st in old.stats().items():
                 prev = self.retired.get(name)
                 self.retired[name] = st if prev is None else _add(prev, st)
