@@ -14,7 +14,9 @@
 - Accounting at close: after the bounded flush, the write side is shut
   down and the transport waits (within the same bound) until the peer has
   acknowledged every byte. Messages acknowledged are exported; what is
-  still buffered or unacknowledged is not sent (`connection_lost`).
+  still buffered or unacknowledged is not sent (`connection_lost`), and
+  then the connection is reset (SO_LINGER 0), not closed, so the kernel
+  does not deliver it afterwards.
 """
 from __future__ import annotations
 
@@ -106,6 +108,11 @@ class TcpTransport(Transport):
                     break
                 time.sleep(0.005)
             self._trim_inflight(self._unacked())
+            if self.inflight:
+                # Out of time: reset rather than close, so the kernel does
+                # not deliver later what is counted here as not sent.
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
         self.not_sent(self.queued_records + self.inflight_records, "connection_lost")
         self.queue.clear()
         self.inflight.clear()
