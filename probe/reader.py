@@ -21,13 +21,14 @@ import math
 import os
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from flowprobe.config import ConfigError
 from flowprobe.driver.ring import Ring, RingError
 from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
 from flowprobe.exporters.exporter import ExportConfigError, build_exporters
 from flowprobe.exporters.pipeline import ExportPipeline
+from flowprobe.exporters.transports.udp import DEFAULT_RATE_MSGS_S
 from flowprobe.probe.errors import CaptureSetupError, ExitCode
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
 from flowprobe.probe.logs import get_logger
@@ -124,21 +125,26 @@ def per_reader_url(url: str, index: int) -> str:
     return f"{parts.scheme}://{path}" + (f"?{parts.query}" if parts.query else "")
 
 
-def export_items(cfg, export_urls: list[str], index: int) -> list[dict]:
+def export_items(cfg, export_urls: list[str], index: int, readers: int = 1) -> list[dict]:
     """Exporter options for reader ``index``: each destination gets the
     observation domain / source id ``base + index`` so that a collector sees
     one exporter per reader (own sequence numbers and templates), and file
-    destinations a file of their own (per_reader_url)."""
+    destinations a file of their own (per_reader_url). ``rate_msgs_s`` is
+    the probe's rate to a destination: each of ``readers`` paces at its
+    share, so that together they never exceed it."""
     sampling = {"sampling_interval": cfg.capture.sampling_rate,
                 "sampling_mode": cfg.capture.sampling_mode}
+    share = max(1, readers)
     items = []
     for e in cfg.export:
         item = dataclasses.asdict(e)
         item["url"] = per_reader_url(e.url, index)
         item["observation_domain"] = (e.observation_domain + index) & 0xFFFFFFFF
+        item["rate_msgs_s"] = e.rate_msgs_s / share
         items.append({**item, **sampling})
     for url in export_urls:
-        items.append({"url": per_reader_url(url, index),
+        rate = dict(parse_qsl(urlsplit(url).query)).get("rate_msgs_s", DEFAULT_RATE_MSGS_S)
+        items.append({"url": per_reader_url(url, index), "rate_msgs_s": float(rate) / share,
                       "observation_domain": 1 + index, **sampling})
     return items
 
@@ -187,8 +193,9 @@ class Reader:
 
     def __init__(self, cfg, iface: str, *, index: int = 0, worker: int | None = None,
                  export_urls: list[str] = (), json_out: bool = False,
-                 fanout_group: int = 0, log: Any = None) -> None:
+                 fanout_group: int = 0, log: Any = None, readers: int = 1) -> None:
         self.cfg = cfg
+        self.readers = readers
         self.iface = iface
         self.index = index
         self.export_urls = list(export_urls)
@@ -201,7 +208,7 @@ class Reader:
         self.ring = open_ring(cfg, iface, index if worker is None else worker, fanout_group)
         self._ring_error = _ring_error_type()
         self.json_sink = LineWriter(1) if json_out else None
-        self.exporters = build_exporter_set(export_items(cfg, self.export_urls, index))
+        self.exporters = build_exporter_set(export_items(cfg, self.export_urls, index, readers))
         self.retired: dict[str, dict] = {}      # stats of exporters replaced by reload
         self.table = FlowTable(cfg.flow, self._sink, ifindex=self.ring.ifindex)
         if self.exporters is not None:
@@ -297,8 +304,8 @@ class Reader:
         if cfg.flow != self.cfg.flow:
             self.table.set_timeouts(cfg.flow)
             changed.append("flow")
-        items = export_items(cfg, self.export_urls, self.index)
-        if items != export_items(self.cfg, self.export_urls, self.index):
+        items = export_items(cfg, self.export_urls, self.index, self.readers)
+        if items != export_items(self.cfg, self.export_urls, self.index, self.readers):
             self.swap_exporters(build_exporter_set(items))
             changed.append("export")
         self.cfg = cfg

@@ -232,7 +232,8 @@ def child_main(spec: ReaderSpec, cfg, generation: int, slot: heartbeat.Slot,
         reader = Reader(cfg, spec.iface, index=spec.index, worker=spec.worker,
                         export_urls=opts.get("export_urls", []),
                         json_out=opts.get("json_out", False),
-                        fanout_group=spec.fanout_group, log=log)
+                        fanout_group=spec.fanout_group, log=log,
+                        readers=opts.get("readers", 1))
         if opts.get("restrict_caps"):   # the ring is open: keep what running needs
             privdrop.restrict(privdrop.RUN_CAPS)
     except Exception as exc:  # noqa: BLE001 - mapped to a named exit code
