@@ -105,6 +105,7 @@ class Exporter:
         self.template_sends = 0
         self.options_sends = 0
         self.encode_errors = 0
+        self.records_handed = 0
         self.closed = False
         self.extra_not_sent = None      # () -> records dropped before this exporter
         self.queue_bytes = 0            # the pipeline's queue (0: default)
@@ -182,6 +183,7 @@ class Exporter:
         """Called by the flow table with a `struct ft_record *` and a count."""
         if n <= 0:
             return
+        self.records_handed += n
         if self.closed:
             # Records reaching an exporter already closed (e.g. replaced by
             # a reload) are counted, never dropped silently.
@@ -237,6 +239,7 @@ class Exporter:
         return {
             "messages": t["messages"],
             "bytes": t["bytes"],
+            "records_handed": self.records_handed,
             "records_encoded": e.records_encoded,
             "records_exported": t["records_exported"],
             "records_not_sent": t["records_not_sent"],

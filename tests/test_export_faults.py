@@ -252,3 +252,17 @@ def test_full_queue_drops_and_counts_never_waits(tmp_path):
     assert st["records_not_sent_by"]["queue_full"] > 0
     assert fed_s < 0.5          # 30k records at 500 msgs/s take ~3 s inline
     assert col.records() == st["records_exported"] > 0
+
+
+def test_inline_exporter_counts_what_it_was_handed():
+    """Without the pipeline (replay exports inline) the exporter itself
+    counts records handed, and the equation holds: a refusing UDP port."""
+    from flowprobe.exporters.exporter import build_exporter
+    exp = build_exporter({"url": f"ipfix://127.0.0.1:{free_port()}", "rate_msgs_s": 0})
+    arr = make_records([dict(FIXED[i % 4], src_port=i) for i in range(3000)])
+    exp.sink(address(arr), 3000)
+    exp.close()
+    st = exp.stats()
+    equation(st)
+    assert st["records_handed"] == 3000
+    assert st["records_not_sent_by"] == {"collector_refused": 3000}
