@@ -5,7 +5,7 @@ UDP to a local nfcapd; then the same flood into `softflowd -i` exporting to
 its own nfcapd. Prints, for each: packets sent, ring drops, records
 emitted, records at nfcapd, records counted as not sent (by reason).
 
-    python bench/flood.py [--packets N]
+    python bench/flood.py [--packets N] [--skip-softflowd] [--export-opt KEY=VALUE ...]
 
 Goal: 0 ring drops, and records at nfcapd + records not sent = records
 emitted, exactly. Namespaces are named fp<tag>{c,s} and deleted on exit,
@@ -96,12 +96,16 @@ def flood(pair: NetnsPair, workdir: Path, packets: int) -> tuple[float, int]:
     return dt, int(m.group(1)) if m else packets
 
 
+EXPORT_OPTS: dict = {}     # --export-opt KEY=VALUE: override the config defaults
+
+
 def run_flowprobe(pair: NetnsPair, workdir: Path, packets: int) -> dict:
     col_dir = workdir / "nfcapd-flowprobe"
     col = nfcapd(pair, col_dir, NFCAPD_PORT)
     cfg = workdir / "flowprobe.yaml"
     # the default config, exporting IPFIX over UDP to the local nfcapd
-    cfg.write_text(f"logging:\n  format: json\nexport:\n  - url: ipfix://127.0.0.1:{NFCAPD_PORT}\n")
+    cfg.write_text(f"logging:\n  format: json\nexport:\n  - url: ipfix://127.0.0.1:{NFCAPD_PORT}\n"
+                   + "".join(f"    {k}: {v}\n" for k, v in EXPORT_OPTS.items()))
     r = Running(pair.argv(pair.cap_ns, sys.executable, "-m", "flowprobe", "run",
                           "-i", pair.cap_if, "--workers", "2", "-c", cfg), "reader_started")
     try:
@@ -181,7 +185,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--skip-softflowd", action="store_true")
+    ap.add_argument("--export-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="an export option for flowprobe (default: the config's defaults), "
+                         "e.g. rate_msgs_s=0 or queue_bytes=65536")
     args = ap.parse_args(argv)
+    for kv in args.export_opt:
+        k, _, v = kv.partition("=")
+        EXPORT_OPTS[k] = int(v)
     packets = min(args.packets, MAX_PACKETS)
     for b in ("trafgen", "nfcapd", "nfdump") + (() if args.skip_softflowd else ("softflowd",)):
         if not which(b):
