@@ -3,7 +3,8 @@
     pipes = ExportPipeline(exporters)            # an ExporterSet
     table = FlowTable(flow_cfg, pipes.sink)      # copies records into queues
     ...; pipes.tick(now_ns)                      # housekeeping, no waiting
-    pipes.close(drain_timeout_s)                 # bounded drain, then close
+    pipes.begin_drain(drain_timeout_s)           # shutdown: the ring is done
+    table.flush(); pipes.close(drain_timeout_s)  # bounded drain, then close
 
 Each exporter gets a sender thread and a queue bounded in bytes
 (`queue_bytes`, default DEFAULT_QUEUE_BYTES). ``sink`` copies the record
@@ -33,17 +34,12 @@ import time
 import structlog
 
 from flowprobe.exporters._enc import ffi
+from flowprobe.exporters.exporter import _address
 
 DEFAULT_QUEUE_BYTES = 16 << 20
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
 RECORD_SIZE = ffi.sizeof("struct ft_record")
 IDLE_WAIT_S = 0.1
-
-
-def _address(records) -> int:
-    if isinstance(records, int):
-        return records
-    return int(ffi.cast("uintptr_t", records))
 
 
 class ExportQueue:

@@ -1,8 +1,9 @@
 """Exact export accounting under faults: for every exporter, records handed
 to it = records exported + records not sent (by reason), and what the real
 collector (the built-in `flowprobe collect`) decoded agrees with
-"exported". Each test goes through the ExportPipeline (queue + sender
-thread) that `flowprobe run` uses."""
+"exported". The tests go through the ExportPipeline (queue + sender
+thread) that `flowprobe run` uses; the last one through an exporter alone,
+as `replay` uses it."""
 from __future__ import annotations
 
 import json
