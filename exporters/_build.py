@@ -29,12 +29,13 @@ def _ft_record_cdef():
 
 ffibuilder = FFI()
 ffibuilder.cdef(_ft_record_cdef() + "\n" + _read(os.path.join(HERE, "encode.h"))
-               + "\n" + _read(os.path.join(HERE, "tlv.h")))
+               + "\n" + _read(os.path.join(HERE, "tlv.h"))
+               + "\n" + _read(os.path.join(HERE, "udpsend.h")))
 ffibuilder.set_source(
     "flowprobe.exporters._enc",
     '#include <stdint.h>\n#include <stddef.h>\n#include "flowtable.h"\n#include "encode.h"\n'
-    '#include "tlv.h"\n',
-    sources=[os.path.relpath(os.path.join(HERE, s)) for s in ("encode.c", "tlv.c")],
+    '#include "tlv.h"\n#include "udpsend.h"\n',
+    sources=[os.path.relpath(os.path.join(HERE, s)) for s in ("encode.c", "tlv.c", "udpsend.c")],
     include_dirs=[HERE, os.path.normpath(FT_DIR)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )
