@@ -62,9 +62,7 @@ def _add_replay(sub: Any) -> None:
     p = sub.add_parser("replay", help="replay pcap/pcapng files through the flow engine")
     p.add_argument("files", metavar="FILE", nargs="+", help="pcap or pcapng capture")
     _add_config_option(p)
-    p.add_argument("--idle-timeout", metavar="S", type=float, help="flow.idle_timeout_s")
-    p.add_argument("--active-timeout", metavar="S", type=float, help="flow.active_timeout_s")
-    p.add_argument("--max-flows", metavar="N", type=int, help="flow.max_flows")
+    add_flow_options(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per expired flow on stdout")
     p.add_argument("--export", metavar="URL", action="append", default=[],
@@ -75,6 +73,21 @@ def _add_replay(sub: Any) -> None:
 def _add_config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", metavar="CONFIG",
                    help="YAML config file (default: built-in defaults)")
+
+
+def add_flow_options(p: argparse.ArgumentParser) -> None:
+    """The flow-table flags that ``replay`` and ``run`` share; they override
+    the ``flow`` section of the config (see ``flow_overrides``)."""
+    p.add_argument("--idle-timeout", metavar="S", type=float, help="flow.idle_timeout_s")
+    p.add_argument("--active-timeout", metavar="S", type=float, help="flow.active_timeout_s")
+    p.add_argument("--max-flows", metavar="N", type=int, help="flow.max_flows")
+
+
+def flow_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides of ``add_flow_options``' flags (None = not given)."""
+    return {"flow.idle_timeout_s": args.idle_timeout,
+            "flow.active_timeout_s": args.active_timeout,
+            "flow.max_flows": args.max_flows}
 
 
 def build_config(path: str | None, overrides: dict[str, Any]) -> Config:
@@ -104,11 +117,7 @@ def check_input_files(files: Sequence[str]) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     errors = export_url_errors(args.export)
     try:
-        cfg = build_config(args.config, {
-            "flow.idle_timeout_s": args.idle_timeout,
-            "flow.active_timeout_s": args.active_timeout,
-            "flow.max_flows": args.max_flows,
-        })
+        cfg = build_config(args.config, flow_overrides(args))
     except ConfigError as exc:
         raise ConfigError(str(exc).splitlines() + errors) from None
     if errors:

@@ -506,6 +506,8 @@ def add_parser(sub: Any) -> None:
                    help="capture interface (repeatable or comma-separated; capture.interface)")
     p.add_argument("-c", "--config", metavar="CONFIG",
                    help="YAML config file (default: built-in defaults)")
+    from flowprobe.probe.cli import add_flow_options
+    add_flow_options(p)
     p.add_argument("--workers", metavar="N", type=int,
                    help="reader processes per interface (supervisor.workers; "
                    "default one per available CPU)")
@@ -523,12 +525,12 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flowprobe.probe.cli import build_config, export_url_errors
+    from flowprobe.probe.cli import build_config, export_url_errors, flow_overrides
     errors = export_url_errors(args.export)
     overrides = {"capture.interface": ",".join(args.interface) if args.interface else None,
                  "supervisor.workers": args.workers,
                  "supervisor.stats_socket": args.stats_socket,
-                 "capture.backend": args.backend}
+                 "capture.backend": args.backend, **flow_overrides(args)}
     try:
         cfg = build_config(args.config, overrides)
     except ConfigError as exc:

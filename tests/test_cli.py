@@ -42,3 +42,17 @@ def test_replay_missing_input_exits_input(tmp_path):
     assert proc.returncode == ExitCode.INPUT
     assert "Traceback" not in proc.stderr
     assert "absent.pcap" in proc.stderr
+
+
+def test_run_takes_the_flow_flags_of_replay():
+    """`run` has replay's --idle-timeout/--active-timeout/--max-flows, checked
+    as config overrides (exit 2 naming the key), before any interface is touched."""
+    proc = run_cli("run", "--help")
+    for flag in ("--idle-timeout", "--active-timeout", "--max-flows"):
+        assert flag in proc.stdout
+    proc = run_cli("run", "-i", "fpnone0", "--idle-timeout", "0", "--max-flows", "0",
+                   "--active-timeout", "-5")
+    assert proc.returncode == ExitCode.CONFIG, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for key in ("flow.idle_timeout_s", "flow.active_timeout_s", "flow.max_flows"):
+        assert f"{key} (command line)" in proc.stderr
