@@ -46,8 +46,27 @@ def _print_config(cfg: Config) -> None:
     sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False))
 
 
+def capture_filter_errors(cfg: Config) -> list[tuple[str, str]]:
+    """``capture.filter`` compiled by libpcap for the Ethernet link type (the
+    driver's compile helper, driver/bpf.c, without an interface): a filter
+    libpcap refuses is a config error naming the key, not a reader that
+    fails to start."""
+    if not cfg.capture.filter:
+        return []
+    from flowprobe.driver.ring import RingError, compile_filter
+    try:
+        compile_filter(None, cfg.capture.filter, cfg.capture.snaplen)
+    except RingError as exc:
+        return [("capture.filter", exc.detail or str(exc))]
+    return []
+
+
+#: Checks of a loaded config beyond the schema (config check, replay, run, reload).
+CONFIG_CHECKS = (capture_filter_errors,)
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
-    _print_config(load_config(args.file))
+    _print_config(load_config(args.file, CONFIG_CHECKS))
     return ExitCode.OK
 
 
@@ -93,7 +112,7 @@ def flow_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def build_config(path: str | None, overrides: dict[str, Any]) -> Config:
     """Config from ``path`` (or the defaults), then command-line overrides
     (dotted path -> value, None = not given), all validated; ConfigError on any problem."""
-    cfg = load_config(path) if path else default_config()
+    cfg = load_config(path, CONFIG_CHECKS) if path else default_config()
     return apply_overrides(cfg, overrides)
 
 
