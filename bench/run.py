@@ -9,6 +9,9 @@ generated once, cached in bench/out/) and with the page cache warm, times:
   ft_bench      the C path alone (ft_ingest/ft_expire over packets already
                 in memory), ns per packet, every flow live
   pf_bench      the capture reader alone (pf_next_batch), ns per packet
+  --json        flowprobe replay FILE --json > /dev/null against the same
+                replay with no output (default timeouts): the cost ratio
+                (goal <= 1.5x) and JSON records/s (goal >= 1M)
   softflowd     -d -r FILE -n 127.0.0.1:PORT -v 9 -c none, -m large enough
                 for every flow, and with its default -m 8192 (which splits
                 flows); PORT is a UDP socket this script holds and never reads
@@ -80,12 +83,13 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def run_timed(cmd: list[str], timeout: float, cwd: str | None = None) -> dict:
+def run_timed(cmd: list[str], timeout: float, cwd: str | None = None,
+              stdout: int = subprocess.PIPE) -> dict:
     """One run under /usr/bin/time: wall s, peak RSS MB, stdout, stderr."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         full = ["/usr/bin/time", "-f", "%e %M", "-o", tf.name] + cmd
         load = loadavg()
-        p = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        p = subprocess.Popen(full, stdout=stdout, stderr=subprocess.PIPE,
                              text=True, cwd=cwd, start_new_session=True)
         try:
             out, err = p.communicate(timeout=timeout)
@@ -155,6 +159,8 @@ def measure_file(path: Path, packets: int, runs: int, sink_port: int, exes: dict
     res["flowprobe"]["replay_loop_s"] = min(
         float(re.search(r"\(([\d.]+) s\)", r["stderr"]).group(1)) for r in rs) if m else None
 
+    res["json"] = measure_json(f, to, runs, exes)
+
     # C path alone and reader alone: min ns/packet of max(runs, 5)
     for name, cmd in (("ft_bench", [exes["ft_bench"], f, str(MAX_FLOWS), "4096"]),
                       ("pf_bench", [exes["pf_bench"], f, "4096"])):
@@ -189,6 +195,34 @@ def measure_file(path: Path, packets: int, runs: int, sink_port: int, exes: dict
               f"{r['rss_mb']:8.1f} MB  (runs {r['all_wall_s']}, load<= {r['load_max']:.1f})",
               flush=True)
     return res
+
+
+def measure_json(f: str, timeout: float, runs: int, exes: dict) -> dict:
+    """`replay --json` to /dev/null against the same replay with no output
+    (default timeouts, so long flows give several records: ~1.6M records on
+    the 10M-packet file). JSON records/s is records over the extra wall time
+    that --json costs; the goal is a cost ratio of at most 1.5."""
+    cmd = [exes["flowprobe"], "replay", f, "--max-flows", str(MAX_FLOWS)]
+    out = {}
+    for name, extra in (("plain", []), ("json", ["--json"])):
+        warm(Path(f))
+        rs = [run_timed(cmd + extra, timeout, stdout=subprocess.DEVNULL)
+              for _ in range(max(runs, 3))]
+        recs = sum(int(v.replace(",", "")) for v in re.findall(
+            r"expired \S+\s+([\d,]+)", rs[0]["stderr"]))
+        out[name] = best(rs)
+        out[name]["records"] = recs
+    plain, js = out["plain"]["wall_s"], out["json"]["wall_s"]
+    out["records"] = out["json"]["records"]
+    out["ratio"] = js / plain
+    out["json_records_per_s"] = out["records"] / max(js - plain, 1e-3)
+    out["records_per_s_whole"] = out["records"] / js
+    print(f"  {'replay --json':<22} {out['records']:,} records: {js:.2f} s vs {plain:.2f} s "
+          f"with no output = {out['ratio']:.2f}x (goal <= 1.5x); "
+          f"{out['json_records_per_s'] / 1e6:.2f} M JSON records/s "
+          f"(runs {out['json']['all_wall_s']} / {out['plain']['all_wall_s']}, "
+          f"load<= {out['json']['load_max']:.1f})", flush=True)
+    return out
 
 
 ENCODE_LINE = re.compile(r"encode (\S+)\s+mtu=(\d+) ipv6=(\d+)%: +([\d.]+) M records/s")
@@ -229,6 +263,11 @@ def table(results: list[dict], entry: dict) -> str:
                     f" ns/packet, flows live {res['ft_bench']['flows_peak']:,}")
         rows.append(f"{label:<10} {'reader (pf_bench)':<24} {res['pf_bench']['ns_per_packet']:>7.1f}"
                     f" ns/packet")
+        js = res.get("json")
+        if js:
+            rows.append(f"{label:<10} {'replay --json':<24} {js['ratio']:>7.2f}"
+                        f"x the time with no output ({js['records']:,} records, "
+                        f"{js['json_records_per_s'] / 1e6:.2f} M JSON records/s)")
     rows.append(f"flow entry {entry['entry_bytes']} B (sizeof); table memory / max_flows "
                 f"{entry['bytes_per_flow_total']:.1f} B ({entry['table_bytes'] / 2**20:.0f} MiB "
                 f"for {MAX_FLOWS:,})")
@@ -335,6 +374,8 @@ def main() -> int:
         "5x_softflowd_default": targets["ratio_vs_softflowd_default"] >= TARGET_RATIO,
         "c_path_50ns": targets["c_path_ns_per_packet"] <= TARGET_NS,
         "entry_128B": entry["entry_bytes"] <= TARGET_BYTES,
+        "json_1.5x": big["json"]["ratio"] <= 1.5,
+        "json_1M_records_s": big["json"]["json_records_per_s"] >= 1e6,
     }
     enc = encode_hook()
     exp = run_export(a, exes)

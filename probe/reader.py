@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import math
-import os
 import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -28,8 +26,9 @@ from flowprobe.driver.ring import Ring, RingError
 from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
 from flowprobe.exporters.exporter import ExportConfigError, build_exporters
 from flowprobe.probe.errors import CaptureSetupError, ExitCode
-from flowprobe.probe.flowtable.table import FlowTable, iter_records
+from flowprobe.probe.flowtable.table import FlowTable
 from flowprobe.probe.logs import get_logger
+from flowprobe.probe.sinks import JsonLines
 
 #: ARPHRD_* of the capture interface -> the link type of what the ring hands
 #: out (SOCK_RAW packet sockets deliver the device's link-layer header).
@@ -41,7 +40,6 @@ ARPHRD_LINKTYPE = {1: 1, 772: 1, 65534: 101}
 SEQUENCE_ATTRS = ("sequence", "package_sequence", "flow_sequence")
 
 TICK_S = 0.1             # how often the clock advances without packets
-PIPE_BUF = 4096          # writes up to this size to a pipe are atomic
 
 
 def linktype_of(iface: str) -> int:
@@ -153,33 +151,6 @@ def build_exporter_set(items: list[dict]):
         raise ConfigError(str(exc)) from None
 
 
-class LineWriter:
-    """JSON records to a file descriptor in whole lines: every write is at
-    most PIPE_BUF bytes of complete lines, so readers sharing stdout never
-    interleave inside a line."""
-
-    def __init__(self, fd: int = 1) -> None:
-        self.fd = fd
-
-    def __call__(self, records, n: int) -> None:
-        chunk: list[bytes] = []
-        size = 0
-        for d in iter_records(records, n):
-            line = (json.dumps(d, separators=(",", ":")) + "\n").encode()
-            if size + len(line) > PIPE_BUF and chunk:
-                self._write(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(line)
-            size += len(line)
-        if chunk:
-            self._write(b"".join(chunk))
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-
-
 class Reader:
     """One ring, one flow table, its own exporters."""
 
@@ -198,7 +169,8 @@ class Reader:
         # among the readers of this interface (the queue, for AF_XDP)
         self.ring = open_ring(cfg, iface, index if worker is None else worker, fanout_group)
         self._ring_error = _ring_error_type()
-        self.json_sink = LineWriter(1) if json_out else None
+        # readers share stdout: whole lines, at most PIPE_BUF bytes a write
+        self.json_sink = JsonLines(1, shared=True) if json_out else None
         self.exporters = build_exporter_set(export_items(cfg, self.export_urls, index))
         self.retired: dict[str, dict] = {}      # stats of exporters replaced by reload
         self.table = FlowTable(cfg.flow, self._sink, ifindex=self.ring.ifindex)

@@ -6,7 +6,6 @@ lines on stdout, exporters, or nothing (benchmarks).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -14,38 +13,12 @@ from typing import Callable, TextIO
 
 from flowprobe.driver.pcapfile import CaptureFileError, open_capture
 from flowprobe.probe.errors import ExitCode
-from flowprobe.probe.flowtable.table import (
-    END_REASONS,
-    FlowTable,
-    Sink,
-    iter_records,
-)
+from flowprobe.probe.flowtable.table import END_REASONS, FlowTable
 from flowprobe.probe.logs import get_logger
+from flowprobe.probe.sinks import JsonLines, Sink, fan_out
 
 #: Link types the parser handles (LINKTYPE_* values as readers report them).
 SUPPORTED_LINKTYPES = {0, 1, 12, 14, 101, 108, 113, 228, 229, 276}
-
-
-class JsonSink:
-    """Writes one JSON object per record (IANA IE names) to a stream."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-
-    def __call__(self, records, n: int) -> None:
-        self._out.write("".join(json.dumps(d, separators=(",", ":")) + "\n"
-                                for d in iter_records(records, n)))
-
-
-def fan_out(sinks: list[Sink]) -> Sink:
-    """One sink that hands each record batch to every sink in turn."""
-    if len(sinks) == 1:
-        return sinks[0]
-
-    def sink(records, n: int) -> None:
-        for s in sinks:
-            s(records, n)
-    return sink
 
 
 class Progress:
@@ -144,7 +117,8 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
     log = get_logger(cmd="replay")
     sinks: list[Sink] = []
     if json_out:
-        sinks.append(JsonSink(sys.stdout))
+        sys.stdout.flush()
+        sinks.append(JsonLines(sys.stdout.fileno()))
     exporters = []
     if export_urls or cfg.export:
         from flowprobe.exporters.exporter import build_exporters
@@ -172,8 +146,6 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
     progress.done()
     seconds = time.perf_counter() - started
     stats = table.stats()
-    if json_out:
-        sys.stdout.flush()
     sys.stderr.write(format_summary(totals, stats, seconds))
     log.info("replay_done", files=totals["files"], packets_read=totals["packets_read"],
              packets_accepted=stats["packets_accepted"], flows=stats["flows_created"],
@@ -188,4 +160,4 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
     return ExitCode.OK
 
 
-__all__ = ["run_replay", "replay_files", "JsonSink", "fan_out", "END_REASONS"]
+__all__ = ["run_replay", "replay_files", "END_REASONS"]
