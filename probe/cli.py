@@ -22,7 +22,7 @@ import yaml
 
 from flowprobe import __version__
 from flowprobe.config import Config, ConfigError, apply_overrides, default_config, load_config
-from flowprobe.config.schema import check_export_url
+from flowprobe.config.schema import export_config
 from flowprobe.probe.errors import ExitCode, FlowprobeError, InputError, exit_code_for
 
 PROG = "flowprobe"
@@ -117,8 +117,15 @@ def build_config(path: str | None, overrides: dict[str, Any]) -> Config:
 
 
 def export_url_errors(urls: Sequence[str]) -> list[str]:
-    """Problems with ``--export`` URLs, checked like config export items."""
-    return [f"--export: {err}" for err in map(check_export_url, urls) if err]
+    """Problems with ``--export`` URLs, each made into the typed export item
+    by the schema, as a YAML ``export:`` item is (config.export_config)."""
+    errors = []
+    for url in urls:
+        try:
+            export_config(url, "--export")
+        except ConfigError as exc:
+            errors.extend(exc.messages)
+    return errors
 
 
 def check_input_files(files: Sequence[str]) -> None:

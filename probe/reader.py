@@ -14,17 +14,15 @@ exporters change without losing a flow.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import math
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
-from flowprobe.config import ConfigError
 from flowprobe.driver.ring import Ring, RingError
 from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
-from flowprobe.exporters.exporter import ExportConfigError, build_exporters
+from flowprobe.config.schema import export_items, per_reader_url  # noqa: F401 (re-exported)
+from flowprobe.exporters.exporter import exporters_for
 from flowprobe.probe.errors import CaptureSetupError, ExitCode
 from flowprobe.probe.flowtable.table import FlowTable
 from flowprobe.probe.logs import get_logger
@@ -105,50 +103,11 @@ def attach_shared_programs(cfg, ifaces: list[str]) -> list:
     return programs
 
 
-def per_reader_url(url: str, index: int) -> str:
-    """A file destination for reader ``index``: readers must not share a
-    file (each would rename its own over the others'), so the index goes
-    before the extension: ipfix+file:///var/lib/f/flows.ipfix ->
-    .../flows.r0.ipfix. Network destinations are shared as they are."""
-    parts = urlsplit(url)
-    if not parts.scheme.lower().endswith("+file"):
-        return url
-    path = parts.path or parts.netloc
-    head, dot, ext = path.rpartition(".")
-    if not dot or "/" in ext:
-        head, ext = path, ""
-    path = f"{head}.r{index}" + (f".{ext}" if ext else "")
-    return f"{parts.scheme}://{path}" + (f"?{parts.query}" if parts.query else "")
-
-
-def export_items(cfg, export_urls: list[str], index: int) -> list[dict]:
-    """Exporter options for reader ``index``: each destination gets the
-    observation domain / source id ``base + index`` so that a collector sees
-    one exporter per reader (own sequence numbers and templates), and file
-    destinations a file of their own (per_reader_url)."""
-    sampling = {"sampling_interval": cfg.capture.sampling_rate,
-                "sampling_mode": cfg.capture.sampling_mode}
-    items = []
-    for e in cfg.export:
-        item = dataclasses.asdict(e)
-        item["url"] = per_reader_url(e.url, index)
-        item["observation_domain"] = (e.observation_domain + index) & 0xFFFFFFFF
-        items.append({**item, **sampling})
-    for url in export_urls:
-        items.append({"url": per_reader_url(url, index),
-                      "observation_domain": 1 + index, **sampling})
-    return items
-
-
-def build_exporter_set(items: list[dict]):
-    """An ExporterSet, or None without destinations; config problems
-    become ConfigError (exit 2)."""
-    if not items:
-        return None
-    try:
-        return build_exporters(items)
-    except ExportConfigError as exc:
-        raise ConfigError(str(exc)) from None
+def build_exporter_set(cfg, export_urls: list[str], index: int):
+    """Reader ``index``'s exporters (exporters_for: its own observation
+    domain and file, the capture's sampling), or None without destinations;
+    config problems are ConfigError (exit 2)."""
+    return exporters_for(cfg, export_urls, index)
 
 
 class Reader:
@@ -171,7 +130,7 @@ class Reader:
         self._ring_error = _ring_error_type()
         # readers share stdout: whole lines, at most PIPE_BUF bytes a write
         self.json_sink = JsonLines(1, shared=True) if json_out else None
-        self.exporters = build_exporter_set(export_items(cfg, self.export_urls, index))
+        self.exporters = build_exporter_set(cfg, self.export_urls, index)
         self.retired: dict[str, dict] = {}      # stats of exporters replaced by reload
         self.table = FlowTable(cfg.flow, self._sink, ifindex=self.ring.ifindex)
         if self.exporters is not None:
@@ -259,9 +218,9 @@ class Reader:
         if cfg.flow != self.cfg.flow:
             self.table.set_timeouts(cfg.flow)
             changed.append("flow")
-        items = export_items(cfg, self.export_urls, self.index)
-        if items != export_items(self.cfg, self.export_urls, self.index):
-            self.swap_exporters(build_exporter_set(items))
+        if _export_settings(cfg, self.export_urls, self.index) != \
+                _export_settings(self.cfg, self.export_urls, self.index):
+            self.swap_exporters(build_exporter_set(cfg, self.export_urls, self.index))
             changed.append("export")
         self.cfg = cfg
         return changed
@@ -300,6 +259,13 @@ class Reader:
             out["exporters_retired"] = self.retired
         out["sequences"] = self.export_sequences()
         return out
+
+
+def _export_settings(cfg, export_urls: list[str], index: int) -> tuple:
+    """What reader ``index``'s exporters are built from (a reload rebuilds
+    them when it changes)."""
+    return (export_items(cfg, export_urls, index),
+            cfg.capture.sampling_rate, cfg.capture.sampling_mode)
 
 
 def _sequences(exporters) -> dict[str, dict[str, int]]:

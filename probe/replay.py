@@ -121,8 +121,8 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
         sinks.append(JsonLines(sys.stdout.fileno()))
     exporters = []
     if export_urls or cfg.export:
-        from flowprobe.exporters.exporter import build_exporters
-        exporters = build_exporters(list(cfg.export) + list(export_urls))
+        from flowprobe.exporters.exporter import exporters_for
+        exporters = list(exporters_for(cfg, export_urls))
         sinks.extend(e.sink for e in exporters)
     table = FlowTable(cfg.flow, fan_out(sinks) if sinks else None)
     for e in exporters:

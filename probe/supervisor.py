@@ -473,16 +473,14 @@ def needs_new_rings(old: Config, new: Config) -> bool:
 
 def check_config(cfg: Config, export_urls: list[str]) -> None:
     """What the readers would reject, checked once before any fork (exit 2)."""
-    from flowprobe.probe.reader import export_items
+    from flowprobe.exporters.exporter import exporters_for
     errors = []
     if not parse_interfaces(cfg.capture.interface):
         errors.append("capture.interface: no interface (give -i IFACE or set it)")
-    if export_items(cfg, export_urls, 0):
-        from flowprobe.exporters.exporter import ExportConfigError, build_exporters
-        try:
-            build_exporters(export_items(cfg, export_urls, 0), open_now=False)
-        except ExportConfigError as exc:
-            errors.append(str(exc))
+    try:
+        exporters_for(cfg, export_urls, 0, open_now=False)
+    except ConfigError as exc:
+        errors.extend(exc.messages)
     if cfg.metrics.listen:
         from flowprobe.probe.metrics import check_available
         check_available()
