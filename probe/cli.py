@@ -78,7 +78,15 @@ def cmd_config_defaults(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ replay
 
 def _add_replay(sub: Any) -> None:
-    p = sub.add_parser("replay", help="replay pcap/pcapng files through the flow engine")
+    p = sub.add_parser(
+        "replay", help="replay pcap/pcapng files through the flow engine",
+        epilog="exit status: 0 every record exported (or no exporter); "
+        f"{int(ExitCode.EXPORT_INCOMPLETE)} an exporter did not export every record "
+        "(not sent, refused, unwritable, still pending at close; NetFlow v5's "
+        "IPv6 records, which the format cannot carry, do not count); "
+        f"{int(ExitCode.CONFIG)} bad configuration or command line; "
+        f"{int(ExitCode.INPUT)} an input file cannot be read; "
+        f"{int(ExitCode.FAILURE)} any other failure.")
     p.add_argument("files", metavar="FILE", nargs="+", help="pcap or pcapng capture")
     _add_config_option(p)
     add_flow_options(p)

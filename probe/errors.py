@@ -18,6 +18,7 @@ class ExitCode(enum.IntEnum):
     CAPTURE_SETUP = 3    # ring / socket / interface could not be set up
     EXPORT_SETUP = 4     # an export destination could not be opened
     INPUT = 5            # an input file is missing, unreadable or not a capture
+    EXPORT_INCOMPLETE = 6  # replay: an exporter did not export every record
     INTERRUPTED = 130    # SIGINT (128 + 2)
 
 

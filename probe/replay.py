@@ -112,6 +112,30 @@ def format_summary(totals: dict, stats: dict, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unexported(records: int, exporter_stats: dict) -> int:
+    """Records an exporter was handed but did not export (not sent, still
+    pending at close, or lost to an encoder error); records its format
+    cannot carry (NetFlow v5: IPv6) are not failures."""
+    st = exporter_stats
+    return max(0, records - st["records_exported"] - st["records_not_exportable"])
+
+
+def format_export_summary(records: int, exporters: list) -> str:
+    """One line per exporter: records exported, and what was not (stderr)."""
+    lines = []
+    for e in exporters:
+        st = e.stats()
+        line = f"export {e.name}: {st['records_exported']:,} of {records:,} records"
+        if st["records_not_exportable"]:
+            line += f", {st['records_not_exportable']:,} not exportable in this format"
+        missing = unexported(records, st)
+        if missing:
+            line += (f", {missing:,} NOT EXPORTED (not sent {st['records_not_sent']:,}, "
+                     f"pending {st['records_pending']:,}, send errors {st['send_errors']:,})")
+        lines.append(line)
+    return "".join(line + "\n" for line in lines)
+
+
 def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) -> int:
     """The replay command: returns an exit code."""
     log = get_logger(cmd="replay")
@@ -147,6 +171,7 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
     seconds = time.perf_counter() - started
     stats = table.stats()
     sys.stderr.write(format_summary(totals, stats, seconds))
+    sys.stderr.write(format_export_summary(stats["records_emitted"], exporters))
     log.info("replay_done", files=totals["files"], packets_read=totals["packets_read"],
              packets_accepted=stats["packets_accepted"], flows=stats["flows_created"],
              records=stats["records_emitted"], seconds=round(seconds, 3),
@@ -157,6 +182,12 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
         log.error("conservation_broken", accepted=stats["packets_accepted"],
                   emitted=stats["packets_emitted"])
         return ExitCode.FAILURE
+    missing = {e.name: unexported(stats["records_emitted"], e.stats()) for e in exporters}
+    if any(missing.values()):
+        log.error("records_not_exported", records=stats["records_emitted"],
+                  not_exported={k: v for k, v in missing.items() if v},
+                  exit_code=int(ExitCode.EXPORT_INCOMPLETE))
+        return ExitCode.EXPORT_INCOMPLETE
     return ExitCode.OK
 
 

@@ -56,3 +56,30 @@ def test_run_takes_the_flow_flags_of_replay():
     assert "Traceback" not in proc.stderr
     for key in ("flow.idle_timeout_s", "flow.active_timeout_s", "flow.max_flows"):
         assert f"{key} (command line)" in proc.stderr
+
+
+def test_replay_exit_status_when_records_were_not_exported(tmp_path):
+    """Every record exported: exit 0. An exporter that could not write them
+    (the file's directory is a regular file): exit EXPORT_INCOMPLETE, with
+    the count on stderr; NetFlow v5's IPv6 records do not count as failures."""
+    demo = str(__import__("pathlib").Path(__file__).parent.parent / "probe" / "data" / "demo.pcap")
+    good = tmp_path / "ok.ipfix"
+    proc = run_cli("replay", demo, "--export", f"ipfix+file://{good}")
+    assert proc.returncode == ExitCode.OK, proc.stderr
+    assert f"export ipfix+file://{good}: 120 of 120 records\n" in proc.stderr
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    bad = blocker / "flows.ipfix"
+    proc = run_cli("replay", demo, "--export", f"ipfix+file://{good}",
+                   "--export", f"ipfix+file://{bad}")
+    assert proc.returncode == ExitCode.EXPORT_INCOMPLETE == 6, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"export ipfix+file://{bad}: 0 of 120 records, 120 NOT EXPORTED" in proc.stderr
+    assert not bad.exists()
+    proc = run_cli("replay", demo, "--export", "netflow5://127.0.0.1:9", "--export",
+                   f"ipfix+file://{good}")
+    assert proc.returncode == ExitCode.OK, proc.stderr
+    assert "38 not exportable in this format" in proc.stderr
+    help_text = " ".join(run_cli("replay", "--help").stdout.split())
+    assert "exit status: 0 every record exported" in help_text
+    assert "6 an exporter did not export every record" in help_text
