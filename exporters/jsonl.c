@@ -4,7 +4,7 @@
  * Per record: fixed keys copied as literals, integers by a two-digits-at-a-
  * time conversion, addresses by hand (inet_ntop would print IPv4-mapped
  * IPv6 addresses with a dotted tail, Python's ipaddress does not). No
- * snprintf, nothing allocated; about 0.1-0.2 us per record.
+ * snprintf, nothing allocated.
  */
 #include <errno.h>
 #include <poll.h>
