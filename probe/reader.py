@@ -19,9 +19,9 @@ import math
 import time
 from typing import Any, Callable
 
+from flowprobe.config.schema import export_items, per_reader_url  # noqa: F401 (re-exported)
 from flowprobe.driver.ring import Ring, RingError
 from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
-from flowprobe.config.schema import export_items, per_reader_url  # noqa: F401 (re-exported)
 from flowprobe.exporters.exporter import exporters_for
 from flowprobe.probe.errors import CaptureSetupError, ExitCode
 from flowprobe.probe.flowtable.table import FlowTable
