@@ -190,7 +190,8 @@ def per_reader_url(url: str, index: int) -> str:
     before the extension: ipfix+file:///var/lib/f/flows.ipfix ->
     .../flows.r0.ipfix. Network destinations are shared as they are."""
     parts = urlsplit(url)
-    if SCHEMES.get(parts.scheme.lower(), ExportScheme("", "", None)).transport != "file":
+    scheme = SCHEMES.get(parts.scheme.lower())
+    if scheme is None or scheme.transport != "file":
         return url
     path = parts.path or parts.netloc
     head, dot, ext = path.rpartition(".")
