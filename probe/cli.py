@@ -49,8 +49,11 @@ def _print_config(cfg: Config) -> None:
     sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False))
 
 
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
-    _print_config(load_config(args.file))
+    from flowprobe.probe.config_checks import CONFIG_CHECKS   # lazy: start-up time
+    _print_config(load_config(args.file, CONFIG_CHECKS))
     return ExitCode.OK
 
 
@@ -62,12 +65,18 @@ def cmd_config_defaults(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ replay
 
 def _add_replay(sub: Any) -> None:
-    p = sub.add_parser("replay", help="replay pcap/pcapng files through the flow engine")
+    p = sub.add_parser(
+        "replay", help="replay pcap/pcapng files through the flow engine",
+        epilog="exit status: 0 every record exported (or no exporter); "
+        f"{int(ExitCode.EXPORT_INCOMPLETE)} an exporter did not export every record "
+        "(not sent, refused, unwritable, still pending at close; NetFlow v5's "
+        "IPv6 records, which the format cannot carry, do not count); "
+        f"{int(ExitCode.CONFIG)} bad configuration or command line; "
+        f"{int(ExitCode.INPUT)} an input file cannot be read; "
+        f"{int(ExitCode.FAILURE)} any other failure.")
     p.add_argument("files", metavar="FILE", nargs="+", help="pcap or pcapng capture")
     _add_config_option(p)
-    p.add_argument("--idle-timeout", metavar="S", type=float, help="flow.idle_timeout_s")
-    p.add_argument("--active-timeout", metavar="S", type=float, help="flow.active_timeout_s")
-    p.add_argument("--max-flows", metavar="N", type=int, help="flow.max_flows")
+    add_flow_options(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per expired flow on stdout")
     p.add_argument("--export", metavar="URL", action="append", default=[],
@@ -78,6 +87,21 @@ def _add_replay(sub: Any) -> None:
 def _add_config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", metavar="CONFIG",
                    help="YAML config file (default: built-in defaults)")
+
+
+def add_flow_options(p: argparse.ArgumentParser) -> None:
+    """The flow-table flags that ``replay`` and ``run`` share; they override
+    the ``flow`` section of the config (see ``flow_overrides``)."""
+    p.add_argument("--idle-timeout", metavar="S", type=float, help="flow.idle_timeout_s")
+    p.add_argument("--active-timeout", metavar="S", type=float, help="flow.active_timeout_s")
+    p.add_argument("--max-flows", metavar="N", type=int, help="flow.max_flows")
+
+
+def flow_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides of ``add_flow_options``' flags (None = not given)."""
+    return {"flow.idle_timeout_s": args.idle_timeout,
+            "flow.active_timeout_s": args.active_timeout,
+            "flow.max_flows": args.max_flows}
 
 
 def check_input_files(files: Sequence[str]) -> None:
@@ -93,13 +117,10 @@ def check_input_files(files: Sequence[str]) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from flowprobe.probe.config_checks import CONFIG_CHECKS   # lazy: start-up time
     errors = export_url_errors(args.export)
     try:
-        cfg = build_config(args.config, {
-            "flow.idle_timeout_s": args.idle_timeout,
-            "flow.active_timeout_s": args.active_timeout,
-            "flow.max_flows": args.max_flows,
-        })
+        cfg = build_config(args.config, flow_overrides(args), CONFIG_CHECKS)
     except ConfigError as exc:
         raise ConfigError(str(exc).splitlines() + errors) from None
     if errors:
@@ -118,6 +139,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("-i", "--interface", metavar="IFACE", action="append",
                    help="capture interface (repeatable or comma-separated; capture.interface)")
     _add_config_option(p)
+    add_flow_options(p)
     p.add_argument("--workers", metavar="N", type=int,
                    help="reader processes per interface (supervisor.workers; "
                    "default one per available CPU)")
@@ -138,15 +160,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # lazy: start-up time (see above); everything a reader needs is imported
     # here, before the supervisor forks or drops privileges.
     from flowprobe.probe import privdrop
-    from flowprobe.probe.config_checks import check_config, check_interfaces
+    from flowprobe.probe.config_checks import CONFIG_CHECKS, check_config, check_interfaces
     from flowprobe.probe.supervisor import Supervisor
     errors = export_url_errors(args.export)
     overrides = {"capture.interface": ",".join(args.interface) if args.interface else None,
                  "supervisor.workers": args.workers,
                  "supervisor.stats_socket": args.stats_socket,
-                 "capture.backend": args.backend}
+                 "capture.backend": args.backend, **flow_overrides(args)}
     try:
-        cfg = build_config(args.config, overrides)
+        cfg = build_config(args.config, overrides, CONFIG_CHECKS)
     except ConfigError as exc:
         raise ConfigError(str(exc).splitlines() + errors) from None
     if errors:

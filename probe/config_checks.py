@@ -7,7 +7,11 @@ and again on SIGHUP before a reload is applied.
 - ``check_interfaces``: an interface that is not there (CaptureSetupError,
   exit 3);
 - ``needs_new_rings``: whether a reload can be applied in place or needs a
-  rolling restart of the readers.
+  rolling restart of the readers;
+- ``CONFIG_CHECKS``: checks of a loaded config beyond the schema, run by
+  ``config check``, ``replay``, ``run`` and a reload (config.build passes
+  them to the loader, so their errors carry the key's line): today the
+  capture filter, compiled by libpcap.
 """
 from __future__ import annotations
 
@@ -15,9 +19,28 @@ import dataclasses
 
 from flowprobe.config import Config, ConfigError
 from flowprobe.config.schema import parse_interfaces
-from flowprobe.exporters.exporter import ExportConfigError, build_exporters
+from flowprobe.driver.ring import RingError, compile_filter
+from flowprobe.exporters.exporter import exporters_for
 from flowprobe.probe.metrics import check_available
-from flowprobe.probe.reader import export_items, linktype_of
+from flowprobe.probe.reader import linktype_of
+
+
+def capture_filter_errors(cfg: Config) -> list[tuple[str, str]]:
+    """``capture.filter`` compiled by libpcap for the Ethernet link type (the
+    driver's compile helper, driver/bpf.c, without an interface): a filter
+    libpcap refuses is a config error naming the key, not a reader that
+    fails to start."""
+    if not cfg.capture.filter:
+        return []
+    try:
+        compile_filter(None, cfg.capture.filter, cfg.capture.snaplen)
+    except RingError as exc:
+        return [("capture.filter", exc.detail or str(exc))]
+    return []
+
+
+#: Checks of a loaded config beyond the schema (config check, replay, run, reload).
+CONFIG_CHECKS = (capture_filter_errors,)
 
 
 def check_config(cfg: Config, export_urls: list[str]) -> None:
@@ -25,11 +48,10 @@ def check_config(cfg: Config, export_urls: list[str]) -> None:
     errors = []
     if not parse_interfaces(cfg.capture.interface):
         errors.append("capture.interface: no interface (give -i IFACE or set it)")
-    if export_items(cfg, export_urls, 0):
-        try:
-            build_exporters(export_items(cfg, export_urls, 0), open_now=False)
-        except ExportConfigError as exc:
-            errors.append(str(exc))
+    try:
+        exporters_for(cfg, export_urls, 0, open_now=False)
+    except ConfigError as exc:
+        errors.extend(exc.messages)
     if cfg.metrics.listen:
         check_available()
     if errors:
@@ -54,4 +76,5 @@ def needs_new_rings(old: Config, new: Config) -> bool:
                                                            new.supervisor.cpus)
 
 
-__all__ = ["check_config", "check_interfaces", "needs_new_rings"]
+__all__ = ["CONFIG_CHECKS", "capture_filter_errors", "check_config", "check_interfaces",
+           "needs_new_rings"]

@@ -34,7 +34,7 @@ from flowprobe.config.schema import parse_cpulist, parse_interfaces
 from flowprobe.errors import ExitCode
 from flowprobe.logs import LineStream, configure_logging, get_logger
 from flowprobe.probe import heartbeat, privdrop, stats
-from flowprobe.probe.config_checks import check_config, needs_new_rings
+from flowprobe.probe.config_checks import CONFIG_CHECKS, check_config, needs_new_rings
 from flowprobe.probe.metrics import MetricsServer
 from flowprobe.probe.reader import attach_shared_programs, rings_per_interface
 from flowprobe.probe.readerproc import ReaderOptions, ReaderProcess, ReaderSpec
@@ -315,7 +315,7 @@ class Supervisor:
     # ------------------------------------------------------------ reload
     def load_config(self) -> Config:
         """The config a start with the same file and options would build."""
-        return build_config(self.config_path, self.overrides)
+        return build_config(self.config_path, self.overrides, CONFIG_CHECKS)
 
     def reload(self) -> None:
         self.notifier.notify("RELOADING=1", "STATUS=reloading configuration")

@@ -105,8 +105,10 @@ class Nfacctd:
 
     def start(self, timeout_s=10.0):
         open(self.templates, "a").close()     # it loads the file at start
+        # a session of its own: stop() signals the core and its plugins together
         self.proc = subprocess.Popen(in_netns(self.netns, ["nfacctd", "-f", self.conf]),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         end = time.monotonic() + timeout_s
         # ready: the socket is bound and the print plugin has its cache
         while not ("cache entries=" in self.read_log()
@@ -124,17 +126,39 @@ class Nfacctd:
         time.sleep(seconds)
 
     def stop(self, timeout_s=20.0):
-        """SIGINT: the print plugin writes its cache, then everything exits."""
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGINT to the core, which passes it on to its plugins once it has
+        handed them everything; the print plugin then writes its cache and
+        exits. Returns once no process of the group is left (the CSV is then
+        complete). A plugin still there a while after the core is gone (the
+        core does not always pass the signal on, and such a plugin would sit
+        in poll() for ever and never write its CSV) gets the SIGINT itself;
+        a group that does not go in time is killed and the stop fails."""
+        if self.proc is None:
             return
-        self.drain()
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError("nfacctd did not exit on SIGINT")
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            self.drain()
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        end = time.monotonic() + timeout_s
+        nudged = False
+        while time.monotonic() < end:
+            self.proc.poll()
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            if not nudged and self.proc.returncode is not None and \
+                    time.monotonic() > end - timeout_s + 3:
+                os.killpg(pgid, signal.SIGINT)    # the plugin the core left behind
+                nudged = True
+            time.sleep(0.05)
+        os.killpg(pgid, signal.SIGKILL)
+        self.proc.wait()
+        raise RuntimeError("nfacctd (core or plugin) did not exit on SIGINT")
 
     def read_log(self):
         try:
