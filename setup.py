@@ -1,7 +1,10 @@
 """Build flowprobe: Python package + C extensions compiled by cffi (API mode).
 
-Each extension has its own build script (``_build.py``) that reads the real
-.h file as the cdef and compiles the real .c files.
+One naming scheme per C component: ``NAME.{c,h}`` is built by
+``NAME_build.py`` (listed in cffi_modules) into the extension ``_NAME``. Each
+build script reads the real .h files as the cdef (include/ft_records.h, the
+packet and record structs shared by the driver, the engine and the encoder,
+where the module needs those types) and compiles the real .c files.
 """
 
 import re
@@ -29,6 +32,7 @@ setup(
         "flowprobe.config",
     ],
     package_data={
+        "flowprobe": ["include/*.h"],
         "flowprobe.config": ["flowprobe.yaml"],
         "flowprobe.probe": ["data/*.pcap"],
         "flowprobe.probe.flowtable": ["*.h", "*.c"],
@@ -39,11 +43,11 @@ setup(
     install_requires=["cffi>=1.15", "pyyaml", "structlog", "ipfix", "pyroute2", "prometheus-client"],
     extras_require={"test": ["pytest", "hypothesis", "atheris"]},
     cffi_modules=[
-        "probe/flowtable/_build.py:ffibuilder",
-        "driver/_build.py:ffibuilder",
-        "exporters/_build.py:ffibuilder",
-        "driver/_ring_build.py:ffibuilder",
-        "driver/_xdp_build.py:ffibuilder",
+        "probe/flowtable/flowtable_build.py:ffibuilder",
+        "driver/pcapfile_build.py:ffibuilder",
+        "driver/afpacket_build.py:ffibuilder",
+        "driver/afxdp_build.py:ffibuilder",
+        "exporters/encode_build.py:ffibuilder",
     ],
     entry_points={"console_scripts": ["flowprobe=flowprobe.probe.cli:main"]},
     zip_safe=False,

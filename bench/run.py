@@ -112,7 +112,8 @@ def best(runs: list[dict], key: str = "wall_s") -> dict:
 def build(name: str, sources: list[str], libs: list[str]) -> str:
     exe = OUT / name
     cmd = ["gcc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-           "-I", str(ROOT / "probe" / "flowtable"), "-I", str(ROOT / "driver"),
+           "-I", str(ROOT / "include"), "-I", str(ROOT / "probe" / "flowtable"),
+           "-I", str(ROOT / "driver"),
            "-o", str(exe)] + [str(ROOT / s) for s in sources] + libs
     subprocess.run(cmd, check=True, timeout=300)
     return str(exe)
@@ -298,8 +299,11 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     exes = {
         "ft_bench": build("ft_bench", ["bench/c/ft_bench.c", "probe/flowtable/flowtable.c",
+                                       "probe/flowtable/expire.c",
                                        "probe/flowtable/parse.c"], []),
-        "pf_bench": build("pf_bench", ["bench/c/pf_bench.c", "driver/pcapfile.c"], ["-lpcap"]),
+        "pf_bench": build("pf_bench", ["bench/c/pf_bench.c", "driver/pcapfile.c",
+                                       "driver/pcapfile_mmap.c",
+                                       "driver/pcapfile_libpcap.c"], ["-lpcap"]),
         "flowprobe": flowprobe_exe(),
     }
     print(f"flowprobe: {exes['flowprobe']}", flush=True)

@@ -37,7 +37,7 @@ from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError
 
 from flowprobe.probe.errors import ExitCode
-from flowprobe.driver.xsk import xdp_status
+from flowprobe.driver.afxdp import xdp_status
 
 STATE_DIR = Path("/run/flowprobe")
 IFF_UP, IFF_PROMISC, IFF_NOARP = 0x1, 0x100, 0x80

@@ -24,8 +24,8 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from flowprobe.config import ConfigError
-from flowprobe.driver.ring import Ring, RingError
-from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
+from flowprobe.driver.afpacket import Ring, RingError
+from flowprobe.driver.afxdp import XdpProgram, XskRing, capture_queues
 from flowprobe.exporters.exporter import ExportConfigError, build_exporters
 from flowprobe.probe.errors import CaptureSetupError, ExitCode
 from flowprobe.probe.flowtable.table import FlowTable, iter_records

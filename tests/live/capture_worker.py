@@ -18,7 +18,7 @@ import time
 
 import cffi
 
-from flowprobe.driver.ring import Ring
+from flowprobe.driver.afpacket import Ring
 from flowprobe.probe.logs import configure_logging
 
 FT_PKT_CDEF = """

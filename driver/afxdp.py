@@ -1,4 +1,4 @@
-"""AF_XDP receive path: the idiomatic classes over flowprobe.driver._xdp.
+"""AF_XDP receive path: the idiomatic classes over flowprobe.driver._afxdp.
 
 ``XdpProgram`` is flowprobe's own XDP program on one interface: six
 hand-assembled instructions that redirect every frame to the XSK bound to
@@ -10,7 +10,7 @@ time a "flowprobe_xsk" program left by a netlink attach is removed; any other
 program on the interface is an error naming it.
 
 ``XskRing`` is one RX-only XSK socket on one queue with the interface of
-``driver.ring.Ring``::
+``driver.afpacket.Ring``::
 
     with XskRing("eth1", queue=0) as ring:           # owns its XdpProgram
         batch = table.packet_batch(ring.block_capacity)
@@ -44,8 +44,8 @@ from typing import Any
 
 import structlog
 
-from flowprobe.driver._xdp import ffi, lib
-from flowprobe.driver.ring import RingError
+from flowprobe.driver._afxdp import ffi, lib
+from flowprobe.driver.afpacket import RingError
 
 log = structlog.get_logger("flowprobe.xsk")
 
