@@ -38,6 +38,7 @@ s/Mpkt; TPACKET_V3 0.11-0.14 for comparison.
 """
 from __future__ import annotations
 
+import errno
 import socket
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,13 @@ class XskRing:
         if rc < 0:
             raise XskError(self.iface, -rc, "refill AF_XDP fill ring")
         return True
+
+    def set_filter(self, expr: str) -> None:
+        """AF_XDP captures every frame of its queue: only the empty filter
+        is accepted (config.schema refuses a filter with backend afxdp)."""
+        if expr:
+            raise XskError(self.iface, errno.EOPNOTSUPP, f"attach filter {expr!r}",
+                           "AF_XDP captures every frame")
 
     def stats(self) -> dict:
         """64-bit totals: XDP_STATISTICS and the reader's own counters.

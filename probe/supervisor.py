@@ -32,10 +32,10 @@ from typing import Any
 
 from flowprobe.config import Config, ConfigError
 from flowprobe.config.schema import parse_cpulist, parse_interfaces
+from flowprobe.driver.capture import attach_shared_programs, linktype_of, rings_per_interface
 from flowprobe.probe import heartbeat, privdrop, stats
 from flowprobe.probe.errors import ExitCode
 from flowprobe.probe.logs import get_logger
-from flowprobe.probe.reader import attach_shared_programs, rings_per_interface
 from flowprobe.probe.readerproc import ReaderProcess, ReaderSpec, configure_logging
 from flowprobe.probe.sdnotify import Notifier
 
@@ -492,7 +492,6 @@ def check_config(cfg: Config, export_urls: list[str]) -> None:
 
 def check_interfaces(cfg: Config) -> None:
     """A clear CaptureSetupError (exit 3) for an interface that is not there."""
-    from flowprobe.probe.reader import linktype_of
     for iface in parse_interfaces(cfg.capture.interface):
         linktype_of(iface)
 
