@@ -32,9 +32,9 @@ Waiting: ``sleep`` (default) paces the reader: after a batch that did not
 fill its array it sleeps ``sleep_us`` before looking again, so a batch holds
 ~sleep_us of traffic (one Python round trip per batch, not per few frames).
 ``poll()`` makes the kernel wake the reader per packet (on veth, on the
-sender's CPU). Measured here at 250-500 kpps (trafgen, 2M frames, reader
-pinned): sleep 1000 us ~0.19 CPU s/Mpkt, 100 % captured; poll 0.7-1.4 CPU
-s/Mpkt; TPACKET_V3 0.11-0.14 for comparison.
+sender's CPU). On veth at 250-500 kpps (trafgen, 2M frames, reader
+pinned to its own CPU): sleep 1000 us ~0.19 CPU s/Mpkt, 100 %
+captured; poll 0.7-1.4 CPU s/Mpkt; TPACKET_V3 0.11-0.14 for comparison.
 """
 from __future__ import annotations
 
