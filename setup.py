@@ -11,10 +11,22 @@ import re
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
 
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(r'^__version__ = "([^"]+)"',
                     (HERE / "__init__.py").read_text(), re.M).group(1)
+
+
+class BuildPy(build_py):
+    """The package's root is the repository's root (package_dir "." below),
+    so setuptools would install this script as flowprobe/setup.py: leave it
+    out of the package."""
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        return [m for m in modules if (m[0], m[1]) != ("flowprobe", "setup")]
 
 setup(
     name="flowprobe",
@@ -50,5 +62,6 @@ setup(
         "exporters/encode_build.py:ffibuilder",
     ],
     entry_points={"console_scripts": ["flowprobe=flowprobe.probe.cli:main"]},
+    cmdclass={"build_py": BuildPy},
     zip_safe=False,
 )
