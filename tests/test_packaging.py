@@ -150,6 +150,9 @@ def test_deb_contents(deb, unpacked):
     exts = sorted(p.name for p in (unpacked / "usr/lib/flowprobe/flowprobe").rglob("*.so"))
     assert {"_flowtable.abi3.so", "_pcapfile.abi3.so", "_afpacket.abi3.so",
             "_afxdp.abi3.so", "_encode.abi3.so"} <= set(exts)
+    lib = unpacked / "usr/lib/flowprobe/flowprobe"
+    assert (lib / "include/ft_records.h").exists()
+    assert not (lib / "setup.py").exists()   # the build script is no module
     assert not list(unpacked.rglob("__pycache__"))
     assert (unpacked / CONFIG[1:]).read_text() == (REPO / "config/flowprobe.yaml").read_text()
     man = sh(["zcat", str(unpacked / "usr/share/man/man1/flowprobe.1.gz")]).stdout
