@@ -14,7 +14,8 @@ PYTEST_ARGS ?=
 APT_PACKAGES := build-essential python3-dev python3-venv libpcap-dev clang \
 	libclang-rt-14-dev softflowd nfdump tshark tcpreplay netsniff-ng tcpdump \
 	iproute2 ethtool libxdp-dev libbpf-dev pkg-config \
-	dpkg-dev help2man lintian debootstrap systemd systemd-container git acl
+	dpkg-dev help2man lintian debootstrap systemd systemd-container acl \
+	libndpi-dev
 # What the venv needs before setup.py can run (cffi builds the extensions);
 # the rest comes from setup.py's install_requires and its "test" extra.
 BUILD_DEPS := 'setuptools>=64' wheel 'cffi>=1.15'

@@ -13,7 +13,6 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(r'^__version__ = "([^"]+)"',
                     (HERE / "__init__.py").read_text(), re.M).group(1)
@@ -27,6 +26,7 @@ class BuildPy(build_py):
     def find_package_modules(self, package, package_dir):
         modules = super().find_package_modules(package, package_dir)
         return [m for m in modules if (m[0], m[1]) != ("flowprobe", "setup")]
+
 
 setup(
     name="flowprobe",
@@ -42,6 +42,7 @@ setup(
         "flowprobe.exporters",
         "flowprobe.exporters.transports",
         "flowprobe.config",
+        "flowprobe.collector",
     ],
     package_data={
         "flowprobe": ["include/*.h"],
@@ -52,7 +53,8 @@ setup(
         "flowprobe.exporters": ["*.h", "*.c"],
     },
     setup_requires=["cffi>=1.15"],
-    install_requires=["cffi>=1.15", "pyyaml", "structlog", "ipfix", "pyroute2", "prometheus-client"],
+    install_requires=["cffi>=1.15", "pyyaml", "structlog", "ipfix", "pyroute2", "prometheus-client",
+                      "pyzmq"],
     extras_require={"test": ["pytest", "hypothesis", "atheris"]},
     cffi_modules=[
         "probe/flowtable/flowtable_build.py:ffibuilder",

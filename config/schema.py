@@ -25,7 +25,7 @@ class ConfigError(Exception):
     Each message reads ``dotted.path (line N): what is wrong``.
     """
 
-    exit_code = 2  # == flowprobe.probe.errors.ExitCode.CONFIG
+    exit_code = 2  # == flowprobe.errors.ExitCode.CONFIG
 
     def __init__(self, messages: list[str] | str, source: str | None = None):
         self.messages = [messages] if isinstance(messages, str) else list(messages)
@@ -199,7 +199,8 @@ def check_power_of_two(value: int) -> str | None:
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Live capture (TPACKET_V3 ring) settings."""
+    """Live capture settings: interfaces, the ring of either backend
+    (AF_PACKET TPACKET_V3 or AF_XDP), filter, sampling, timestamps."""
     interface: str | None = setting(None, check=check_interfaces)
     snaplen: int = setting(256, min=64, max=262144)
     block_size: int = setting(1 * MiB, min=4 * KiB, max=2**31, multiple_of=4096)

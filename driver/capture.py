@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from flowprobe.driver.afpacket import Ring, RingError
 from flowprobe.driver.afxdp import XdpProgram, XskRing, capture_queues
-from flowprobe.probe.errors import CaptureSetupError
+from flowprobe.errors import CaptureSetupError
 
 __all__ = ["ARPHRD_LINKTYPE", "CaptureRing", "attach_shared_programs",
            "linktype_of", "open_ring", "rings_per_interface"]

@@ -9,8 +9,9 @@ prepare makes the interface receive-only and records every change in
                    (and without loadable modules). pyroute2 0.9 cannot send
                    a classic cls_bpf program (TCA_BPF_OPS is a u32 there),
                    so the 2-instruction eBPF program is loaded with bpf(2)
-                   and attached by fd through netlink. Packets sent with PACKET_QDISC_BYPASS or an
-                   AF_XDP TX ring skip tc egress: flowprobe never does that.
+                   and attached by fd through netlink. Packets sent with
+                   PACKET_QDISC_BYPASS or an AF_XDP TX ring skip tc egress:
+                   flowprobe never does that.
   IPv6 disabled    /proc/sys/net/ipv6/conf/IFACE/disable_ipv6 (no netlink
                    equivalent), which also removes the IPv6 addresses
   no addresses     IPv4/IPv6 addresses deleted (netlink)
@@ -36,7 +37,7 @@ from pyroute2 import IPRoute
 from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError
 
-from flowprobe.probe.errors import ExitCode
+from flowprobe.errors import ExitCode
 from flowprobe.driver.afxdp import xdp_status
 
 STATE_DIR = Path("/run/flowprobe")

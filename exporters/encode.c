@@ -9,9 +9,7 @@
 
 #include "ft_records.h"
 #include "encode.h"
-
-#define ICMP4 1
-#define ICMP6 58
+#include "enc_fields.h"
 
 /* Field lengths each source allows: addresses and MACs are fixed, numbers
  * may be reduced-size (1..8 bytes). */
@@ -58,53 +56,6 @@ static inline int put_uint(uint8_t *p, uint64_t v, unsigned len)
         v >>= 8;
     }
     return clamped;
-}
-
-static inline uint64_t field_value(const struct ft_record *r, unsigned field,
-                                   uint64_t boot_ms)
-{
-    switch (field) {
-    case ENC_F_SRC_PORT:
-        return r->src_port;
-    case ENC_F_DST_PORT:
-        return r->dst_port;
-    case ENC_F_PROTOCOL:
-        return r->protocol;
-    case ENC_F_TOS:
-        return r->tos;
-    case ENC_F_TCP_FLAGS:
-        return r->tcp_flags;
-    case ENC_F_PACKETS:
-        return r->packets;
-    case ENC_F_OCTETS:
-        return r->octets;
-    case ENC_F_START_MS:
-        return r->first_ns / 1000000u;
-    case ENC_F_END_MS:
-        return r->last_ns / 1000000u;
-    case ENC_F_START_UPTIME:
-        return (uint32_t)(r->first_ns / 1000000u - boot_ms);
-    case ENC_F_END_UPTIME:
-        return (uint32_t)(r->last_ns / 1000000u - boot_ms);
-    case ENC_F_IFINDEX:
-        return r->ifindex;
-    case ENC_F_VLAN:
-        return r->vlan;
-    case ENC_F_INNER_VLAN:
-        return r->inner_vlan;
-    case ENC_F_TTL_MIN:
-        return r->ttl_min;
-    case ENC_F_TTL_MAX:
-        return r->ttl_max;
-    case ENC_F_END_REASON:
-        return r->end_reason;
-    case ENC_F_IP_VERSION:
-        return r->ip_version;
-    case ENC_F_ICMP_TYPE_CODE:
-        return (r->protocol == ICMP4 || r->protocol == ICMP6) ? r->dst_port : 0;
-    default:
-        return 0;
-    }
 }
 
 /* Writes one record; returns 1 if any field saturated. */

@@ -7,7 +7,7 @@
  *
  * Model
  *   A template is an ordered array of struct enc_field: (record field, length
- *   on the wire). Python builds it from the IANA registry (exporters/registry.py);
+ *   on the wire). Python builds it from the IANA registry (exporters/templates.py);
  *   the same array yields the template record (IE ids, Python side) and drives
  *   this encoder, so template and data layout cannot disagree.
  *

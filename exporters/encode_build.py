@@ -1,9 +1,10 @@
-"""cffi build script of flowprobe.exporters._encode (the C record encoder).
+"""cffi build script of flowprobe.exporters._encode (the C record encoders:
+NetFlow/IPFIX data sets, and ntopng's nDPI TLV payloads).
 
 The cdef is the real headers, read verbatim: include/ft_records.h (struct
 ft_record and its end reasons, shared with the flow engine, so that tests
 and benchmarks can build record arrays with this module alone), then
-exporters/encode.h. The sources are the real .c files.
+exporters/encode.h and exporters/tlv.h. The sources are the real .c files.
 """
 from pathlib import Path
 
@@ -11,15 +12,17 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 INCLUDE = HERE.parent / "include"
+SOURCES = ["encode.c", "tlv.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((INCLUDE / "ft_records.h").read_text())
 ffibuilder.cdef((HERE / "encode.h").read_text())
+ffibuilder.cdef((HERE / "tlv.h").read_text())
 ffibuilder.set_source(
     "flowprobe.exporters._encode",
     '#include <stdint.h>\n#include <stddef.h>\n'
-    '#include "ft_records.h"\n#include "encode.h"\n',
-    sources=[str(HERE / "encode.c")],
+    '#include "ft_records.h"\n#include "encode.h"\n#include "tlv.h"\n',
+    sources=[str(HERE / s) for s in SOURCES],
     include_dirs=[str(HERE), str(INCLUDE)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from flowprobe.exporters import registry
+from flowprobe.exporters import templates
 from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.base import EncoderConfig, RecordEncoder
 from flowprobe.exporters.options import options_records
@@ -29,9 +29,9 @@ class IpfixEncoder(RecordEncoder):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__(cfg)
-        self.templates = registry.ipfix_flow_templates()
-        self.sampling_tmpl = registry.ipfix_sampling_template(cfg.sampling_mode)
-        self.stats_tmpl = registry.stats_template()
+        self.templates = templates.ipfix_flow_templates()
+        self.sampling_tmpl = templates.ipfix_sampling_template(cfg.sampling_mode)
+        self.stats_tmpl = templates.stats_template()
         t4, t6 = self.templates
         self._set_layout(t4.fields_cdata(ffi, lib), t6.fields_cdata(ffi, lib),
                          t4.template_id, t6.template_id, 1, 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from flowprobe.exporters import registry
+from flowprobe.exporters import templates
 from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.base import EncoderConfig, RecordEncoder
 
@@ -24,12 +24,12 @@ class Netflow5Encoder(RecordEncoder):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__(cfg)
-        fields = registry.v5_record_fields()
+        fields = templates.v5_record_fields()
         rec_len = sum(f.length for f in fields)
         assert rec_len == 48, rec_len
         fit = (cfg.mtu - self.header_len) // rec_len
         self.max_records = min(V5_MAX_RECORDS, fit)
-        tmpl = registry.Template(0, fields)
+        tmpl = templates.Template(0, fields)
         self._set_layout(tmpl.fields_cdata(ffi, lib), None, 1, 0, 0, 1,
                          self.max_records)
         self.flow_sequence = 0

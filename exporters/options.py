@@ -9,7 +9,7 @@
 - Statistics (RFC 7011 sections 4.1-4.3): exported messages, octets and flow
   records, packets the engine ignored, flow records not sent.
 
-The templates come from registry.py; values are packed here in template
+The templates come from templates.py; values are packed here in template
 order, each field at its template length.
 """
 from __future__ import annotations

@@ -1,2 +1,2 @@
-"""The probe: CLI, replay and capture readers, the C flow table (flowtable/),
-logging and named exit codes."""
+"""The probe: the command line, replay, the supervisor and its capture
+readers, and the C flow table (flowtable/)."""

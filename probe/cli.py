@@ -1,10 +1,12 @@
-"""The ``flowprobe`` command.
+"""The ``flowprobe`` command: argument parsing and the wiring of subcommands.
 
 Subcommands are built by the functions in ``SUBCOMMANDS``; each builder adds
 its parser and sets ``handler`` (``handler(args) -> int``). A builder may be a
-callable or a ``"module:function"`` string, imported when the parser is
-built, so later subcommands (collect, run, nic, stats) plug in with one line.
-Handlers import their heavy modules lazily.
+callable or a ``"module:function"`` string, imported only when that
+subcommand is chosen (``nic``, ``collect``, ``stats``, ``service``), so
+``flowprobe replay`` does not pay for pyroute2, the collector or the
+supervisor. For the same start-up reason the handlers of ``replay`` and
+``run`` import the replay engine and the supervisor when they run.
 
 Expected failures (ConfigError, FlowprobeError, unreadable input files) end
 as one line on stderr with a named exit code, never a traceback.
@@ -21,9 +23,10 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from flowprobe import __version__
-from flowprobe.config import Config, ConfigError, apply_overrides, default_config, load_config
-from flowprobe.config.schema import check_export_url
-from flowprobe.probe.errors import ExitCode, FlowprobeError, InputError, exit_code_for
+from flowprobe.config import Config, ConfigError, default_config, load_config
+from flowprobe.config.build import build_config, export_url_errors
+from flowprobe.errors import ExitCode, FlowprobeError, InputError, exit_code_for
+from flowprobe.logs import LineStream, configure_logging
 
 PROG = "flowprobe"
 
@@ -77,18 +80,6 @@ def _add_config_option(p: argparse.ArgumentParser) -> None:
                    help="YAML config file (default: built-in defaults)")
 
 
-def build_config(path: str | None, overrides: dict[str, Any]) -> Config:
-    """Config from ``path`` (or the defaults), then command-line overrides
-    (dotted path -> value, None = not given), all validated; ConfigError on any problem."""
-    cfg = load_config(path) if path else default_config()
-    return apply_overrides(cfg, overrides)
-
-
-def export_url_errors(urls: Sequence[str]) -> list[str]:
-    """Problems with ``--export`` URLs, checked like config export items."""
-    return [f"--export: {err}" for err in map(check_export_url, urls) if err]
-
-
 def check_input_files(files: Sequence[str]) -> None:
     """Fail early, in one line, on an input file that cannot be read."""
     for name in files:
@@ -114,21 +105,73 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if errors:
         raise ConfigError(errors)
     check_input_files(args.files)
-    _configure_logging(cfg)
-    from flowprobe.probe.replay import run_replay
+    configure_logging(cfg.logging.level, cfg.logging.format)
+    from flowprobe.probe.replay import run_replay   # lazy: start-up time (see above)
     return int(run_replay(list(args.files), cfg, bool(args.json), list(args.export)))
+
+
+# ------------------------------------------------------------------ run
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="capture live on interfaces and export flows "
+                       "(a supervisor with one reader process per ring)")
+    p.add_argument("-i", "--interface", metavar="IFACE", action="append",
+                   help="capture interface (repeatable or comma-separated; capture.interface)")
+    _add_config_option(p)
+    p.add_argument("--workers", metavar="N", type=int,
+                   help="reader processes per interface (supervisor.workers; "
+                   "default one per available CPU)")
+    p.add_argument("--stats-socket", metavar="PATH", help="supervisor.stats_socket")
+    p.add_argument("--backend", choices=("afpacket", "afxdp"),
+                   help="capture backend (capture.backend)")
+    p.add_argument("--export", metavar="URL", action="append", default=[],
+                   help="export to URL (repeatable), e.g. ipfix://127.0.0.1:4739")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per expired flow on stdout")
+    p.add_argument("--user", metavar="NAME",
+                   help="after the root-only set-up, run as user NAME keeping only "
+                   "CAP_NET_RAW and CAP_NET_ADMIN (under systemd the unit sets User=)")
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # lazy: start-up time (see above); everything a reader needs is imported
+    # here, before the supervisor forks or drops privileges.
+    from flowprobe.probe import privdrop
+    from flowprobe.probe.config_checks import check_config, check_interfaces
+    from flowprobe.probe.supervisor import Supervisor
+    errors = export_url_errors(args.export)
+    overrides = {"capture.interface": ",".join(args.interface) if args.interface else None,
+                 "supervisor.workers": args.workers,
+                 "supervisor.stats_socket": args.stats_socket,
+                 "capture.backend": args.backend}
+    try:
+        cfg = build_config(args.config, overrides)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).splitlines() + errors) from None
+    if errors:
+        raise ConfigError(errors)
+    check_config(cfg, list(args.export))
+    if args.user:
+        privdrop.lookup(args.user)    # an unknown user is a config error (exit 2)
+    configure_logging(cfg.logging.level, cfg.logging.format, stream=LineStream())
+    check_interfaces(cfg)
+    sup = Supervisor(cfg, config_path=args.config, overrides=overrides,
+                     export_urls=list(args.export), json_out=bool(args.json),
+                     user=args.user)
+    return sup.run()
 
 
 # ------------------------------------------------------------------ wiring
 
-#: name -> builder. Later: "collect", "run", "nic", "stats" (a callable or a
-#: "module:function" string, e.g. "flowprobe.probe.supervisor:add_parser").
+#: name -> builder: a callable, or a "module:function" string imported only
+#: when that subcommand is chosen.
 SUBCOMMANDS: dict[str, Builder | str] = {
     "config": _add_config,
     "replay": _add_replay,
     "nic": "flowprobe.driver.nic:add_parser",
-    "collect": "flowprobe.exporters.collector_cli:add_parser",
-    "run": "flowprobe.probe.supervisor:add_parser",
+    "collect": "flowprobe.collector.cli:add_parser",
+    "run": _add_run,
     "stats": "flowprobe.probe.stats:add_parser",
     "service": "flowprobe.probe.service:add_parser",
 }
@@ -164,11 +207,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name)
     return parser
-
-
-def _configure_logging(cfg: Config) -> None:
-    from flowprobe.probe.logs import configure_logging
-    configure_logging(cfg.logging.level, cfg.logging.format)
 
 
 def _fail(message: str) -> None:

@@ -4,6 +4,10 @@ Served from the supervisor's main loop (no thread: the supervisor forks
 readers, and a fork while another thread holds a lock is unsafe): a
 non-blocking listening socket; each request gets ``generate_latest()`` of a
 registry whose one collector reads the same stats document as the socket.
+
+prometheus-client is imported where it is used, deliberately: it is
+optional (``check_available`` turns its absence into a config error), and a
+probe without ``metrics.listen`` never loads it.
 """
 from __future__ import annotations
 

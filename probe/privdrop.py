@@ -46,7 +46,7 @@ import pwd
 from dataclasses import dataclass
 
 from flowprobe.config import ConfigError
-from flowprobe.probe.errors import ExitCode, FlowprobeError
+from flowprobe.errors import ExitCode, FlowprobeError
 
 CAP_SETPCAP = 8
 CAP_NET_ADMIN = 12

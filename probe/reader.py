@@ -27,9 +27,9 @@ from flowprobe.config import ConfigError
 from flowprobe.driver.afpacket import RingError
 from flowprobe.driver.capture import CaptureRing, linktype_of, open_ring
 from flowprobe.exporters.exporter import ExportConfigError, build_exporters
-from flowprobe.probe.errors import ExitCode
+from flowprobe.errors import ExitCode
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
-from flowprobe.probe.logs import get_logger
+from flowprobe.logs import get_logger
 
 #: Encoder attributes holding the export header's sequence number (IPFIX,
 #: NetFlow v9, v5): carried over when a reader or an exporter is replaced, so

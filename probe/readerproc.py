@@ -1,8 +1,9 @@
 """One reader process: the child side of the supervisor's fork.
 
 ``ReaderProcess`` is the supervisor's handle of one slot (interface, worker,
-CPU); ``ReaderProcess.spawn`` forks and the child runs ``child_main``, which
-never returns (``os._exit``):
+CPU); ``ReaderProcess.spawn`` forks and the child runs a ``ReaderChild``
+with its frozen ``ReaderOptions``, then ends with ``os._exit`` (it never
+returns to the supervisor's code). ``ReaderChild.init_process``:
 
 1. signals: SIGTERM/SIGINT set the reader's stop flag, SIGHUP is ignored
    (the supervisor reloads and sends the new config down the control pipe);
@@ -26,12 +27,11 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
+from flowprobe.errors import ExitCode, exit_code_for
+from flowprobe.logs import LineStream, configure_logging, get_logger
 from flowprobe.probe import heartbeat, privdrop
-from flowprobe.probe.errors import ExitCode, exit_code_for
-from flowprobe.probe.logs import configure_logging as configure_process_logging
-from flowprobe.probe.logs import get_logger
 from flowprobe.probe.reader import Reader
 
 PR_SET_PDEATHSIG = 1
@@ -47,6 +47,18 @@ class ReaderSpec:
     worker: int
     cpu: int | None
     fanout_group: int
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How the supervisor runs every reader (the same for each slot but
+    ``sequences``); set at spawn, read-only in the child."""
+    supervisor_pid: int
+    export_urls: tuple[str, ...] = ()
+    json_out: bool = False
+    restrict_caps: bool = False          # not root: keep only the needed capabilities
+    stats_interval_s: float = 30.0
+    sequences: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,7 +82,7 @@ class ReaderProcess:
     def alive(self) -> bool:
         return self.pid > 0
 
-    def spawn(self, cfg, generation: int, slot: heartbeat.Slot, opts: dict,
+    def spawn(self, cfg, generation: int, slot: heartbeat.Slot, options: ReaderOptions,
               inherited_fds: list[int]) -> int:
         """Fork the reader; returns its pid in the parent."""
         r, w = os.pipe()
@@ -79,8 +91,9 @@ class ReaderProcess:
             os.close(w)
             code = ExitCode.FAILURE
             try:
-                code = child_main(self.spec, cfg, generation, slot, r, opts,
-                                  [fd for fd in inherited_fds if fd not in (r,)])
+                child = ReaderChild(self.spec, cfg, generation, slot, r, options,
+                                    [fd for fd in inherited_fds if fd not in (r,)])
+                code = child.init_process()
             except BaseException:   # noqa: BLE001 - a child never returns to the parent
                 traceback.print_exc()
             finally:
@@ -120,43 +133,6 @@ class ReaderProcess:
 
 # ------------------------------------------------------------------ child side
 
-class LineStream:
-    """A log stream whose lines reach the fd in one write() each.
-
-    The supervisor and every reader share stderr; print() (structlog's
-    PrintLogger) writes a line and its newline separately, so lines of two
-    processes could glue together. Whole lines up to PIPE_BUF are atomic."""
-
-    def __init__(self, fd: int = 2) -> None:
-        self.fd = fd
-        self._buf = ""
-
-    def write(self, text: str) -> int:
-        self._buf += text
-        if "\n" in self._buf:
-            head, _, self._buf = self._buf.rpartition("\n")
-            data = (head + "\n").encode(errors="replace")
-            while data:
-                try:
-                    data = data[os.write(self.fd, data):]
-                except InterruptedError:
-                    continue
-                except OSError:
-                    break
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return os.isatty(self.fd)
-
-
-def configure_logging(cfg) -> None:
-    """structlog for this process (after fork too), one write per line."""
-    configure_process_logging(cfg.logging.level, cfg.logging.format, stream=LineStream(2))
-
-
 def set_parent_death_signal(signum: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -194,89 +170,136 @@ class Control:
         return out
 
 
-def child_main(spec: ReaderSpec, cfg, generation: int, slot: heartbeat.Slot,
-               control_fd: int, opts: dict, inherited_fds: list[int]) -> int:
-    state = {"stop": False, "reader": None}
+class ReaderChild:
+    """The reader process after the fork, as gunicorn's ``Worker``:
+    ``init_process()`` sets the process up (signals, descriptors, parent
+    death, CPU, logging, ring and exporters), then ``run()`` reads until a
+    stop; both return the exit code and never raise a set-up failure."""
 
-    def handle_stop(signum, frame):  # noqa: ARG001
-        state["stop"] = True
-        if state["reader"] is not None:
-            state["reader"].stopping = True
+    def __init__(self, spec: ReaderSpec, cfg, generation: int, slot: heartbeat.Slot,
+                 control_fd: int, options: ReaderOptions, inherited_fds: list[int]) -> None:
+        self.spec = spec
+        self.cfg = cfg
+        self.generation = generation
+        self.slot = slot
+        self.control_fd = control_fd
+        self.options = options
+        self.inherited_fds = inherited_fds
+        self.pid = os.getpid()
+        self.stop_requested = False
+        self.reader: Reader | None = None
+        self.control: Control | None = None
+        self.log: Any = None
+        self.next_publish = 0.0
 
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handle_stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for fd in inherited_fds:
+    # ------------------------------------------------------------ set-up
+    def init_process(self) -> int:
+        self.init_signals()
+        self.close_inherited_fds()
+        set_parent_death_signal(signal.SIGTERM)
+        if os.getppid() != self.options.supervisor_pid:
+            return ExitCode.FAILURE
+        self.slot.reset(self.pid, self.generation)
+        self.pin_cpu()
+        # structlog again after the fork; one write per line on the shared stderr
+        configure_logging(self.cfg.logging.level, self.cfg.logging.format,
+                          stream=LineStream())
+        self.log = get_logger(iface=self.spec.iface, ring=self.spec.index,
+                              cpu=self.spec.cpu, pid=self.pid)
         try:
-            os.close(fd)
-        except OSError:
-            pass
-    parent = opts["supervisor_pid"]
-    set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() != parent:
-        return ExitCode.FAILURE
-    pid = os.getpid()
-    slot.reset(pid, generation)
-    if spec.cpu is not None:
-        try:
-            os.sched_setaffinity(0, {spec.cpu})
-        except OSError:
-            pass   # logged below as cpu=None
-    configure_logging(cfg)
-    log = get_logger(iface=spec.iface, ring=spec.index, cpu=spec.cpu, pid=pid)
-    try:
-        if opts.get("restrict_caps"):   # not root (--user, systemd User=)
-            privdrop.restrict(privdrop.open_caps(cfg.capture.backend))
-        reader = Reader(cfg, spec.iface, index=spec.index, worker=spec.worker,
-                        export_urls=opts.get("export_urls", []),
-                        json_out=opts.get("json_out", False),
-                        fanout_group=spec.fanout_group, log=log)
-        if opts.get("restrict_caps"):   # the ring is open: keep what running needs
-            privdrop.restrict(privdrop.RUN_CAPS)
-    except Exception as exc:  # noqa: BLE001 - mapped to a named exit code
-        code = exit_code_for(exc)
-        log.error("reader_setup_failed", error=str(exc), exit_code=int(code))
-        sys.stderr.write(f"flowprobe: error: {exc}\n")
-        return code
-    state["reader"] = reader
-    reader.restore_sequences(opts.get("sequences") or {})
-    reader.stopping = state["stop"]
-    meta = {"index": spec.index, "iface": spec.iface, "cpu": spec.cpu, "pid": pid}
-    control = Control(control_fd)
-    gen = {"n": generation, "next_publish": 0.0}
+            self.reader = self.open_reader()
+        except Exception as exc:  # noqa: BLE001 - mapped to a named exit code
+            code = exit_code_for(exc)
+            self.log.error("reader_setup_failed", error=str(exc), exit_code=int(code))
+            sys.stderr.write(f"flowprobe: error: {exc}\n")
+            return code
+        self.reader.restore_sequences(dict(self.options.sequences))
+        self.reader.stopping = self.stop_requested
+        self.control = Control(self.control_fd)
+        return self.run()
 
-    def publish() -> None:
-        slot.publish({**meta, "generation": gen["n"], **reader.stats()})
+    def init_signals(self) -> None:
+        """SIGTERM/SIGINT stop the reader after its block; SIGHUP is the
+        supervisor's (a new config comes down the control pipe)."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle_stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
-    def between_blocks(now: float) -> None:
-        for new_gen, new_cfg in control.poll():
+    def handle_stop(self, signum, frame) -> None:  # noqa: ARG002
+        self.stop_requested = True
+        if self.reader is not None:
+            self.reader.stopping = True
+
+    def close_inherited_fds(self) -> None:
+        for fd in self.inherited_fds:
             try:
-                changed = reader.reload(new_cfg)
-                if new_cfg.logging != cfg.logging:
-                    configure_logging(new_cfg)
-                log.info("reader_reloaded", generation=new_gen, changed=changed)
-            except Exception as exc:  # noqa: BLE001 - keep running the old setting
-                log.error("reader_reload_failed", generation=new_gen, error=str(exc))
-            gen["n"] = new_gen
-            slot.set_generation(new_gen)
-            gen["next_publish"] = 0.0
-        if os.getppid() != parent:
-            log.warning("supervisor_gone")
-            reader.stopping = True
-        if now >= gen["next_publish"]:
-            publish()
-            gen["next_publish"] = now + PUBLISH_INTERVAL_S
+                os.close(fd)
+            except OSError:
+                pass
 
-    publish()
-    slot.set_state(heartbeat.RUNNING)
-    try:
-        code = reader.run(beat=slot.beat, between_blocks=between_blocks,
-                          stats_interval_s=opts.get("stats_interval_s", 30.0))
-    except Exception as exc:  # noqa: BLE001
-        log.exception("reader_failed", error=str(exc))
-        return exit_code_for(exc)
-    slot.set_state(heartbeat.STOPPING)
-    slot.publish({**meta, "generation": gen["n"], **reader.final_stats})
-    return code
+    def pin_cpu(self) -> None:
+        if self.spec.cpu is not None:
+            try:
+                os.sched_setaffinity(0, {self.spec.cpu})
+            except OSError:
+                pass   # logged as cpu=None
+
+    def open_reader(self) -> Reader:
+        """The ring and exporters; without root, only the capabilities that
+        opening needs, then only those that running needs."""
+        if self.options.restrict_caps:   # not root (--user, systemd User=)
+            privdrop.restrict(privdrop.open_caps(self.cfg.capture.backend))
+        reader = Reader(self.cfg, self.spec.iface, index=self.spec.index,
+                        worker=self.spec.worker, export_urls=list(self.options.export_urls),
+                        json_out=self.options.json_out,
+                        fanout_group=self.spec.fanout_group, log=self.log)
+        if self.options.restrict_caps:   # the ring is open: keep what running needs
+            privdrop.restrict(privdrop.RUN_CAPS)
+        return reader
+
+    # ------------------------------------------------------------ running
+    def run(self) -> int:
+        self.publish()
+        self.slot.set_state(heartbeat.RUNNING)
+        try:
+            code = self.reader.run(beat=self.slot.beat, between_blocks=self.between_blocks,
+                                   stats_interval_s=self.options.stats_interval_s)
+        except Exception as exc:  # noqa: BLE001
+            self.log.exception("reader_failed", error=str(exc))
+            return exit_code_for(exc)
+        self.slot.set_state(heartbeat.STOPPING)
+        self.publish(self.reader.final_stats)
+        return code
+
+    def between_blocks(self, now: float) -> None:
+        """New configs, parent death and the stats snapshot, between blocks."""
+        for generation, cfg in self.control.poll():
+            self.apply_config(generation, cfg)
+        if os.getppid() != self.options.supervisor_pid:
+            self.log.warning("supervisor_gone")
+            self.reader.stopping = True
+        if now >= self.next_publish:
+            self.publish()
+            self.next_publish = now + PUBLISH_INTERVAL_S
+
+    def apply_config(self, generation: int, cfg) -> None:
+        """Reload in place; a config the reader rejects leaves the old one running."""
+        try:
+            changed = self.reader.reload(cfg)
+            if cfg.logging != self.cfg.logging:
+                configure_logging(cfg.logging.level, cfg.logging.format, stream=LineStream())
+            self.cfg = cfg
+            self.log.info("reader_reloaded", generation=generation, changed=changed)
+        except Exception as exc:  # noqa: BLE001 - keep running the old setting
+            self.log.error("reader_reload_failed", generation=generation, error=str(exc))
+        self.generation = generation
+        self.slot.set_generation(generation)
+        self.next_publish = 0.0
+
+    def publish(self, stats: dict[str, Any] | None = None) -> None:
+        meta = {"index": self.spec.index, "iface": self.spec.iface,
+                "cpu": self.spec.cpu, "pid": self.pid}
+        self.slot.publish({**meta, "generation": self.generation,
+                           **(self.reader.stats() if stats is None else stats)})

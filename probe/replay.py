@@ -13,14 +13,14 @@ import time
 from typing import Callable, TextIO
 
 from flowprobe.driver.pcapfile import CaptureFileError, open_capture
-from flowprobe.probe.errors import ExitCode
+from flowprobe.errors import ExitCode
 from flowprobe.probe.flowtable.table import (
     END_REASONS,
     FlowTable,
     Sink,
     iter_records,
 )
-from flowprobe.probe.logs import get_logger
+from flowprobe.logs import get_logger
 
 #: Link types the parser handles (LINKTYPE_* values as readers report them).
 SUPPORTED_LINKTYPES = {0, 1, 12, 14, 101, 108, 113, 228, 229, 276}

@@ -17,21 +17,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flowprobe.probe.errors import ExitCode
+from pyroute2.netlink.exceptions import NetlinkError
+
+from flowprobe.config import load_config
+from flowprobe.config.schema import parse_interfaces
+from flowprobe.driver import nic
+from flowprobe.errors import ExitCode
 
 DEFAULT_CONFIG = "/etc/flowprobe/flowprobe.yaml"
 
 
 def _interfaces(cfg) -> list[str]:
-    from flowprobe.config.schema import parse_interfaces
     return parse_interfaces(cfg.capture.interface) if cfg.capture.prepare_nic else []
 
 
 def cmd_pre_start(args: argparse.Namespace) -> int:
-    from flowprobe.config import load_config
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    from flowprobe.driver import nic
     cfg = load_config(args.config)
     for iface in _interfaces(cfg):
         try:
@@ -47,10 +47,6 @@ def cmd_pre_start(args: argparse.Namespace) -> int:
 
 
 def cmd_post_stop(args: argparse.Namespace) -> int:
-    from flowprobe.config import load_config
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    from flowprobe.driver import nic
     cfg = load_config(args.config)
     code = ExitCode.OK
     for iface in _interfaces(cfg):

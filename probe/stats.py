@@ -10,7 +10,9 @@ turns one into the normalized shape every consumer uses (the stats socket,
                records_emitted packets_emitted octets_emitted
     exporters: {name: records_exported records_failed messages send_errors}
 
-The socket protocol: connect, read one JSON document until EOF.
+``document()`` puts every reader's counters (exited incarnations included)
+and the totals into the one document the supervisor serves. The socket
+protocol: connect, read one JSON document until EOF.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ import socket
 import sys
 from typing import Any, Callable
 
-from flowprobe.probe.errors import ExitCode, FlowprobeError
+from flowprobe.config import load_config
+from flowprobe.errors import ExitCode, FlowprobeError
+from flowprobe.probe import heartbeat
 
 DEFAULT_SOCKET = "/run/flowprobe/flowprobe.sock"
 
@@ -96,6 +100,39 @@ def retired(c: dict) -> dict:
 
 def records_exported(c: dict) -> int:
     return sum(e["records_exported"] for e in c["exporters"].values())
+
+
+def document(readers, slots, *, pid: int, generation: int, uptime_s: float) -> dict:
+    """The probe's stats document from the supervisor's reader handles
+    (``ReaderProcess``) and their heartbeat slots: per reader its counters
+    (exited incarnations included), state, restarts and lost flows; then the
+    totals."""
+    rows, running = [], 0
+    for r in readers:
+        slot = slots[r.spec.index]
+        live = counters(slot.snapshot()) if r.alive else counters(None)
+        c = add(r.history, live) if r.history else live
+        state = heartbeat.STATE_NAMES.get(slot.header()["state"], "?") if r.alive else "dead"
+        running += state == "running"
+        rows.append({"index": r.spec.index, "iface": r.spec.iface, "cpu": r.spec.cpu,
+                     "pid": r.pid, "state": state, "restarts": r.restarts,
+                     "lost": r.lost, "counters": c})
+    lost = {"flows": 0, "packets": 0, "octets": 0}
+    for r in readers:
+        lost = add(lost, r.lost)
+    return {"pid": pid, "generation": generation, "uptime_s": round(uptime_s, 3),
+            "running": running, "readers": rows,
+            "total": total([x["counters"] for x in rows]),
+            "restarts": sum(r.restarts for r in readers), "lost": lost}
+
+
+def status_line(doc: dict) -> str:
+    """One line for systemd's STATUS=."""
+    t = doc["total"]
+    return (f"{doc['running']}/{len(doc['readers'])} readers running; "
+            f"{t['ring']['packets']} packets, {t['ring']['drops']} dropped; "
+            f"{t['table']['flows_active']} flows active; "
+            f"{records_exported(t)} records exported; {doc['restarts']} restarts")
 
 
 # ------------------------------------------------------------------ server
@@ -223,7 +260,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     path = args.socket
     if not path:
         if args.config:
-            from flowprobe.config import load_config
             path = load_config(args.config).supervisor.stats_socket
         else:
             path = DEFAULT_SOCKET

@@ -22,8 +22,6 @@ a change that needs new rings restarts the readers one at a time.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import select
 import signal
@@ -31,12 +29,15 @@ import time
 from typing import Any
 
 from flowprobe.config import Config, ConfigError
+from flowprobe.config.build import build_config
 from flowprobe.config.schema import parse_cpulist, parse_interfaces
-from flowprobe.driver.capture import attach_shared_programs, linktype_of, rings_per_interface
+from flowprobe.driver.capture import attach_shared_programs, rings_per_interface
+from flowprobe.errors import ExitCode
+from flowprobe.logs import LineStream, configure_logging, get_logger
 from flowprobe.probe import heartbeat, privdrop, stats
-from flowprobe.probe.errors import ExitCode
-from flowprobe.probe.logs import get_logger
-from flowprobe.probe.readerproc import ReaderProcess, ReaderSpec, configure_logging
+from flowprobe.probe.config_checks import check_config, needs_new_rings
+from flowprobe.probe.metrics import MetricsServer
+from flowprobe.probe.readerproc import ReaderOptions, ReaderProcess, ReaderSpec
 from flowprobe.probe.sdnotify import Notifier
 
 TICK_S = 0.1
@@ -109,7 +110,6 @@ class Supervisor:
         try:
             self.stats_server.open()
             if self.cfg.metrics.listen:
-                from flowprobe.probe.metrics import MetricsServer
                 self.metrics = MetricsServer(self.cfg.metrics.listen, self.stats_doc, self.log)
                 try:
                     self.metrics.open()
@@ -216,13 +216,13 @@ class Supervisor:
     def spawn(self, r: ReaderProcess) -> None:
         slot = self.slots[r.spec.index]
         r.close_control()
-        opts = {"supervisor_pid": self.pid, "export_urls": self.export_urls,
-                "json_out": self.json_out,
-                "restrict_caps": bool(self.user) or os.geteuid() != 0,
-                "stats_interval_s": self.cfg.supervisor.stats_interval_s,
-                "sequences": r.sequences}
+        options = ReaderOptions(supervisor_pid=self.pid, export_urls=tuple(self.export_urls),
+                                json_out=self.json_out,
+                                restrict_caps=bool(self.user) or os.geteuid() != 0,
+                                stats_interval_s=self.cfg.supervisor.stats_interval_s,
+                                sequences=r.sequences)
         r.restart_at = None
-        pid = r.spawn(self.cfg, self.generation, slot, opts, self.inherited_fds())
+        pid = r.spawn(self.cfg, self.generation, slot, options, self.inherited_fds())
         self.log.info("reader_spawned", ring=r.spec.index, iface=r.spec.iface,
                       cpu=r.spec.cpu, reader_pid=pid, fanout_group=r.spec.fanout_group)
 
@@ -314,7 +314,7 @@ class Supervisor:
 
     # ------------------------------------------------------------ reload
     def load_config(self) -> Config:
-        from flowprobe.probe.cli import build_config
+        """The config a start with the same file and options would build."""
         return build_config(self.config_path, self.overrides)
 
     def reload(self) -> None:
@@ -327,7 +327,7 @@ class Supervisor:
             self.log.error("reload_failed", errors=str(exc).splitlines())
             self.notifier.notify("READY=1")
             return
-        configure_logging(cfg)
+        configure_logging(cfg.logging.level, cfg.logging.format, stream=LineStream())
         old, self.cfg = self.cfg, cfg
         self.generation += 1
         fixed = [k for k in ("stats_socket",) if getattr(old.supervisor, k) != getattr(cfg.supervisor, k)]
@@ -413,24 +413,10 @@ class Supervisor:
 
     # ------------------------------------------------------------ stats
     def stats_doc(self) -> dict[str, Any]:
-        readers, running = [], 0
-        for r in self.readers:
-            slot = self.slots[r.spec.index]
-            live = stats.counters(slot.snapshot()) if r.alive else stats.counters(None)
-            c = stats.add(r.history, live) if r.history else live
-            state = heartbeat.STATE_NAMES.get(slot.header()["state"], "?") if r.alive else "dead"
-            running += state == "running"
-            readers.append({"index": r.spec.index, "iface": r.spec.iface, "cpu": r.spec.cpu,
-                            "pid": r.pid, "state": state, "restarts": r.restarts,
-                            "lost": r.lost, "counters": c})
-        lost = {"flows": 0, "packets": 0, "octets": 0}
-        for r in self.readers:
-            lost = stats.add(lost, r.lost)
-        return {"pid": self.pid, "generation": self.generation,
-                "uptime_s": round(time.monotonic() - self.started, 3),
-                "running": running, "readers": readers,
-                "total": stats.total([x["counters"] for x in readers]),
-                "restarts": sum(r.restarts for r in self.readers), "lost": lost}
+        """The document of the stats socket, the metrics and the final log line."""
+        return stats.document(self.readers, self.slots, pid=self.pid,
+                              generation=self.generation,
+                              uptime_s=time.monotonic() - self.started)
 
     def notify(self) -> None:
         now = time.monotonic()
@@ -449,101 +435,7 @@ class Supervisor:
         self.next_watchdog = now + min(interval or 5.0, 5.0)
 
     def status_line(self) -> str:
-        doc = self.stats_doc()
-        t = doc["total"]
-        return (f"{doc['running']}/{len(doc['readers'])} readers running; "
-                f"{t['ring']['packets']} packets, {t['ring']['drops']} dropped; "
-                f"{t['table']['flows_active']} flows active; "
-                f"{stats.records_exported(t)} records exported; {doc['restarts']} restarts")
+        return stats.status_line(self.stats_doc())
 
 
-# ------------------------------------------------------------------ checks
-
-def needs_new_rings(old: Config, new: Config) -> bool:
-    """Changes that only new readers can apply: any capture setting but the
-    filter (interfaces, ring geometry, backend), the table's size, workers, CPUs."""
-    if dataclasses.replace(old.capture, filter="") != dataclasses.replace(new.capture, filter=""):
-        return True
-    if (old.flow.max_flows, old.flow.record_buffer) != (new.flow.max_flows,
-                                                        new.flow.record_buffer):
-        return True
-    return (old.supervisor.workers, old.supervisor.cpus) != (new.supervisor.workers,
-                                                           new.supervisor.cpus)
-
-
-def check_config(cfg: Config, export_urls: list[str]) -> None:
-    """What the readers would reject, checked once before any fork (exit 2)."""
-    from flowprobe.probe.reader import export_items
-    errors = []
-    if not parse_interfaces(cfg.capture.interface):
-        errors.append("capture.interface: no interface (give -i IFACE or set it)")
-    if export_items(cfg, export_urls, 0):
-        from flowprobe.exporters.exporter import ExportConfigError, build_exporters
-        try:
-            build_exporters(export_items(cfg, export_urls, 0), open_now=False)
-        except ExportConfigError as exc:
-            errors.append(str(exc))
-    if cfg.metrics.listen:
-        from flowprobe.probe.metrics import check_available
-        check_available()
-    if errors:
-        raise ConfigError(errors)
-
-
-def check_interfaces(cfg: Config) -> None:
-    """A clear CaptureSetupError (exit 3) for an interface that is not there."""
-    for iface in parse_interfaces(cfg.capture.interface):
-        linktype_of(iface)
-
-
-# ------------------------------------------------------------------ CLI
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("run", help="capture live on interfaces and export flows "
-                       "(a supervisor with one reader process per ring)")
-    p.add_argument("-i", "--interface", metavar="IFACE", action="append",
-                   help="capture interface (repeatable or comma-separated; capture.interface)")
-    p.add_argument("-c", "--config", metavar="CONFIG",
-                   help="YAML config file (default: built-in defaults)")
-    p.add_argument("--workers", metavar="N", type=int,
-                   help="reader processes per interface (supervisor.workers; "
-                   "default one per available CPU)")
-    p.add_argument("--stats-socket", metavar="PATH", help="supervisor.stats_socket")
-    p.add_argument("--backend", choices=("afpacket", "afxdp"),
-                   help="capture backend (capture.backend)")
-    p.add_argument("--export", metavar="URL", action="append", default=[],
-                   help="export to URL (repeatable), e.g. ipfix://127.0.0.1:4739")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object per expired flow on stdout")
-    p.add_argument("--user", metavar="NAME",
-                   help="after the root-only set-up, run as user NAME keeping only "
-                   "CAP_NET_RAW and CAP_NET_ADMIN (under systemd the unit sets User=)")
-    p.set_defaults(handler=cmd_run)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from flowprobe.probe.cli import build_config, export_url_errors
-    errors = export_url_errors(args.export)
-    overrides = {"capture.interface": ",".join(args.interface) if args.interface else None,
-                 "supervisor.workers": args.workers,
-                 "supervisor.stats_socket": args.stats_socket,
-                 "capture.backend": args.backend}
-    try:
-        cfg = build_config(args.config, overrides)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).splitlines() + errors) from None
-    if errors:
-        raise ConfigError(errors)
-    check_config(cfg, list(args.export))
-    if args.user:
-        from flowprobe.probe.privdrop import lookup
-        lookup(args.user)         # an unknown user is a config error (exit 2)
-    configure_logging(cfg)
-    check_interfaces(cfg)
-    sup = Supervisor(cfg, config_path=args.config, overrides=overrides,
-                     export_urls=list(args.export), json_out=bool(args.json),
-                     user=args.user)
-    return sup.run()
-
-
-__all__ = ["Supervisor", "add_parser", "check_config", "cmd_run", "needs_new_rings"]
+__all__ = ["Supervisor"]

@@ -1,6 +1,6 @@
 """Shared pytest set-up. tests/ has no __init__.py (--import-mode=importlib):
-the helper modules in tests/support/ (synth, collectors, records, corpus,
-export_pcap) are imported by name through sys.path."""
+the helper modules in tests/support/ (packets, synth, collectors, records,
+corpus, export_pcap) are imported by name through sys.path."""
 
 import sys
 from pathlib import Path

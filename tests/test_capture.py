@@ -9,7 +9,7 @@ from flowprobe.driver.afpacket import Ring
 from flowprobe.driver.afxdp import XskRing
 from flowprobe.driver.capture import (CaptureRing, linktype_of, open_ring,
                                       rings_per_interface)
-from flowprobe.probe.errors import CaptureSetupError
+from flowprobe.errors import CaptureSetupError
 
 METHODS = ("next_block", "release_block", "set_filter", "stats", "close")
 

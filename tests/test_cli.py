@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from flowprobe import __version__
-from flowprobe.probe.errors import ExitCode
+from flowprobe.errors import ExitCode
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -42,3 +42,20 @@ def test_replay_missing_input_exits_input(tmp_path):
     assert proc.returncode == ExitCode.INPUT
     assert "Traceback" not in proc.stderr
     assert "absent.pcap" in proc.stderr
+
+
+def test_run_config_error_exits_2_with_every_message(tmp_path):
+    """A bad config: exit 2, each problem with its path and line, no traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("supervisor:\n  workers: many\nexport:\n  - udpp://x\n")
+    proc = run_cli("run", "-i", "lo", "-c", str(bad))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "supervisor.workers (line 2)" in proc.stderr
+    assert "export[0].url (line 4)" in proc.stderr
+
+
+def test_run_without_interface_exits_2():
+    """No interface anywhere: exit 2 naming capture.interface."""
+    proc = run_cli("run", "--stats-socket", "")
+    assert proc.returncode == 2
+    assert "capture.interface" in proc.stderr

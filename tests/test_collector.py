@@ -29,8 +29,8 @@ import ipfix.writer
 
 import corpus
 import synth
-from flowprobe.exporters.collector import Collector
-from flowprobe.exporters.decode import MessageDecoder
+from flowprobe.collector.server import Collector
+from flowprobe.collector.decode import MessageDecoder
 
 EXPORTER = ("udp", "127.0.0.1", 9995)
 

@@ -10,6 +10,7 @@ import yaml
 from flowprobe.config import (DEFAULT_CONFIG_PATH, EXPORT_SCHEMES, Config, ConfigError,
                               ExportConfig, apply_overrides, default_config, load_config,
                               load_config_text)
+from flowprobe.config.schema import parse_cpulist, parse_interfaces
 
 
 def errors_of(text: str) -> list[str]:
@@ -107,6 +108,16 @@ def test_cross_field_check_has_line():
     """A frame size that does not divide the block size is reported with a line."""
     (msg,) = errors_of("capture:\n  snaplen: 128\n  frame_size: 3008\n")
     assert msg.startswith("capture.frame_size (line 3): 3008 does not divide")
+
+
+def test_cpulist_and_interface_lists():
+    """cpus takes Linux cpulist syntax; interfaces are comma-separated."""
+    assert parse_cpulist("0-2,5, 7") == [0, 1, 2, 5, 7]
+    assert parse_interfaces("a, b,a") == ["a", "b"]
+    with pytest.raises(ConfigError) as info:
+        load_config_text("supervisor:\n  cpus: 3-1\n  workers: 0\n", "t")
+    assert [m.split(" (")[0] for m in info.value.messages] == ["supervisor.cpus",
+                                                             "supervisor.workers"]
 
 
 def test_invalid_yaml_is_a_config_error():

@@ -9,7 +9,7 @@ from pathlib import Path
 import ipfix.reader
 import pytest
 
-from flowprobe.exporters import registry
+from flowprobe.exporters import templates
 from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.base import EncoderConfig
 from flowprobe.exporters.exporter import ExportConfigError, build_exporter, parse_url
@@ -79,7 +79,7 @@ def test_ipfix_round_trip_through_ipfix_package():
 
 def test_template_and_data_layout_agree():
     """The record length announced by each template equals what C writes."""
-    for t in registry.ipfix_flow_templates() + registry.v9_flow_templates():
+    for t in templates.ipfix_flow_templates() + templates.v9_flow_templates():
         arr = t.fields_cdata(ffi, lib)
         assert lib.enc_record_length(arr, len(arr)) == t.record_length
         rec = t.ipfix_record()
@@ -127,7 +127,7 @@ def test_sequence_numbers_follow_each_rfc():
     msgs = [ip.template_message()] + encode_all(ip, arr, 40) + [ip.options_message(STATS)] \
         + encode_all(ip, arr, 5)
     seqs = [struct.unpack_from("!I", m, 8)[0] for m in msgs]
-    per_msg = (600 - 16 - 4) // registry.ipfix_flow_templates()[0].record_length
+    per_msg = (600 - 16 - 4) // templates.ipfix_flow_templates()[0].record_length
     assert seqs[:3] == [0, 0, per_msg]
     assert seqs[-1] == 40 + 2
     v9 = Netflow9Encoder(EncoderConfig(mtu=600))
@@ -145,8 +145,8 @@ def test_netflow_times_follow_the_packet_clock():
     latest_ms = max(s.get("last_ns", s["first_ns"]) for s in FIXED) // 10**6
     assert secs == latest_ms // 1000
     boot = secs * 1000 - uptime
-    rec_len = registry.v9_flow_templates()[0].record_length
-    t = registry.v9_flow_templates()[0]
+    rec_len = templates.v9_flow_templates()[0].record_length
+    t = templates.v9_flow_templates()[0]
     off = 20 + 4 + sum(f.length for f in t.fields[: [f.name for f in t.fields].index("flowStartSysUpTime")])
     first, last = struct.unpack_from("!II", m, off)
     assert boot + first == T0_NS // 10**6
@@ -169,7 +169,7 @@ def test_older_record_rebases_boot_time():
     old = make_records([dict(FIXED[0])])
     m = encode_all(enc, old, 1)[0]
     _, _, uptime, secs, _, _ = struct.unpack_from("!HHIIII", m)
-    t = registry.v9_flow_templates()[0]
+    t = templates.v9_flow_templates()[0]
     off = 20 + 4 + sum(f.length for f in t.fields[: [f.name for f in t.fields].index("flowStartSysUpTime")])
     assert secs * 1000 - uptime + struct.unpack_from("!I", m, off)[0] == T0_NS // 10**6
 

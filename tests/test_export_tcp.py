@@ -5,12 +5,12 @@ import socket
 import struct
 import time
 
-from flowprobe.exporters import registry
+from flowprobe.exporters import templates
 from flowprobe.exporters.exporter import build_exporter
 from records import FIXED, address, make_records
 from collectors import free_port
 
-REC_LEN = {t.template_id: t.record_length for t in registry.ipfix_flow_templates()}
+REC_LEN = {t.template_id: t.record_length for t in templates.ipfix_flow_templates()}
 
 
 class TcpCollector:

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+import packets
 import synth
 from flowprobe.config import default_config
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
@@ -61,14 +62,14 @@ def test_malformed_frames_are_counted_by_reason(tmp_path):
 
 
 def udp_frame(size=100, **kw):
-    return synth.eth_ipv4_udp(A, B, 1000, 2000, b"x" * size, **kw)
+    return packets.eth_ipv4_udp(A, B, 1000, 2000, b"x" * size, **kw)
 
 
 def test_idle_timeout_splits_a_flow_and_deltas_add_up(tmp_path):
     """A gap longer than the idle timeout ends the flow (reason 1)."""
     path = tmp_path / "idle.pcap"
     times = [0, 1, 2, 20, 21, 50]
-    synth.write_pcap(path, [(START + t * S, udp_frame()) for t in times])
+    packets.write_pcap(path, [(START + t * S, udp_frame()) for t in times])
     records, stats = run([path], idle_timeout_s=10, active_timeout_s=1000)
     assert [r["packetDeltaCount"] for r in records] == [3, 2, 1]
     assert [r["flowEndReason"] for r in records] == [1, 1, 4]
@@ -80,7 +81,7 @@ def test_idle_timeout_splits_a_flow_and_deltas_add_up(tmp_path):
 def test_active_timeout_exports_a_long_flow_as_deltas(tmp_path):
     """A flow active longer than the active timeout is exported in pieces."""
     path = tmp_path / "active.pcap"
-    synth.write_pcap(path, [(START + t * S, udp_frame()) for t in range(25)])
+    packets.write_pcap(path, [(START + t * S, udp_frame()) for t in range(25)])
     records, stats = run([path], idle_timeout_s=5, active_timeout_s=10)
     assert [r["packetDeltaCount"] for r in records] == [10, 10, 5]
     assert [r["flowEndReason"] for r in records] == [2, 2, 4]
@@ -90,18 +91,18 @@ def test_active_timeout_exports_a_long_flow_as_deltas(tmp_path):
 
 def test_tcp_fin_both_ways_ends_both_flows_after_grace(tmp_path):
     """FIN seen in both directions ends both flows with endOfFlowDetected."""
-    f = synth.eth_ipv4_tcp
+    f = packets.eth_ipv4_tcp
     frames = [
-        (START, f(A, B, 4000, 80, synth.TCP_SYN)),
-        (START + 1000, f(B, A, 80, 4000, synth.TCP_SYN | synth.TCP_ACK)),
-        (START + 2000, f(A, B, 4000, 80, synth.TCP_FIN | synth.TCP_ACK)),
-        (START + 3000, f(B, A, 80, 4000, synth.TCP_FIN | synth.TCP_ACK)),
-        (START + 4000, f(A, B, 4000, 80, synth.TCP_ACK)),
+        (START, f(A, B, 4000, 80, packets.TCP_SYN)),
+        (START + 1000, f(B, A, 80, 4000, packets.TCP_SYN | packets.TCP_ACK)),
+        (START + 2000, f(A, B, 4000, 80, packets.TCP_FIN | packets.TCP_ACK)),
+        (START + 3000, f(B, A, 80, 4000, packets.TCP_FIN | packets.TCP_ACK)),
+        (START + 4000, f(A, B, 4000, 80, packets.TCP_ACK)),
         # Keeps the clock moving past the grace period.
         (START + 5 * S, udp_frame()),
     ]
     path = tmp_path / "fin.pcap"
-    synth.write_pcap(path, frames)
+    packets.write_pcap(path, frames)
     records, stats = run([path], tcp_end_grace_s=1, idle_timeout_s=60)
     tcp = [r for r in records if r["protocolIdentifier"] == 6]
     assert sorted(r["packetDeltaCount"] for r in tcp) == [2, 3]
@@ -112,12 +113,12 @@ def test_tcp_fin_both_ways_ends_both_flows_after_grace(tmp_path):
 
 def test_tcp_rst_ends_the_flow(tmp_path):
     """A RST ends the flow (and its reverse) after the grace period."""
-    f = synth.eth_ipv4_tcp
-    frames = [(START, f(A, B, 4001, 80, synth.TCP_SYN)),
-              (START + 10, f(B, A, 80, 4001, synth.TCP_RST | synth.TCP_ACK)),
+    f = packets.eth_ipv4_tcp
+    frames = [(START, f(A, B, 4001, 80, packets.TCP_SYN)),
+              (START + 10, f(B, A, 80, 4001, packets.TCP_RST | packets.TCP_ACK)),
               (START + 3 * S, udp_frame())]
     path = tmp_path / "rst.pcap"
-    synth.write_pcap(path, frames)
+    packets.write_pcap(path, frames)
     records, _ = run([path], tcp_end_grace_s=1)
     assert {r["flowEndReason"] for r in records if r["protocolIdentifier"] == 6} == {3}
 
@@ -151,7 +152,7 @@ def test_padding_is_not_counted_and_snaplen_cut_counts_full_length(tmp_path):
     assert len(small) == 60
     big = udp_frame(size=1000)          # 1028-byte datagram, cut to 64 bytes
     path = tmp_path / "len.pcap"
-    synth.write_pcap(path, [(START, small), (START + 1, big[:64], len(big))])
+    packets.write_pcap(path, [(START, small), (START + 1, big[:64], len(big))])
     records, stats = run([path])
     assert records[0]["octetDeltaCount"] == 30 + 1028
     assert stats["l4_partial"] == 0
@@ -164,10 +165,10 @@ def test_vlan_qinq_mpls_and_fragments_keying(tmp_path):
         (START, udp_frame(vlans=(100,))),
         (START + 1, udp_frame(vlans=(200, 300))),
         (START + 2, udp_frame(mpls=(16, 17))),
-        (START + 3, synth.ether(synth.ipv4(A, B, 17, b"y" * 40, frag=0x0005), 0x0800)),
+        (START + 3, packets.ether(packets.ipv4(A, B, 17, b"y" * 40, frag=0x0005), 0x0800)),
     ]
     path = tmp_path / "keys.pcap"
-    synth.write_pcap(path, frames)
+    packets.write_pcap(path, frames)
     records, stats = run([path])
     by = {(r.get("vlanId", 0), r["sourceTransportPort"]): r for r in records}
     assert (100, 1000) in by and "dot1qCustomerVlanId" not in by[(100, 1000)]
@@ -181,8 +182,8 @@ def test_vlan_qinq_mpls_and_fragments_keying(tmp_path):
 def test_icmp_type_code_in_record(tmp_path):
     """ICMP and ICMPv6 carry type/code (as v5 does in the destination port)."""
     path = tmp_path / "icmp.pcap"
-    synth.write_pcap(path, [(START, synth.eth_ipv4_icmp(A, C, 3, 1)),
-                            (START + 1, synth.eth_ipv6_icmp("2001:db8::1", "2001:db8::2", 128, 0))])
+    packets.write_pcap(path, [(START, packets.eth_ipv4_icmp(A, C, 3, 1)),
+                            (START + 1, packets.eth_ipv6_icmp("2001:db8::1", "2001:db8::2", 128, 0))])
     records, _ = run([path])
     by = {r["protocolIdentifier"]: r for r in records}
     assert by[1]["icmpTypeCodeIPv4"] == 3 << 8 | 1
@@ -192,7 +193,7 @@ def test_icmp_type_code_in_record(tmp_path):
 def test_unsupported_linktype_is_counted_not_guessed(tmp_path):
     """Packets of a link type the parser lacks are skipped under that reason."""
     path = tmp_path / "lt.pcap"
-    hdr = synth.pcap_header(linktype=147)
+    hdr = packets.pcap_header(linktype=147)
     import struct
     rec = struct.pack("<IIII", 1, 0, 20, 20) + b"\x45" + b"\0" * 19
     path.write_bytes(hdr + rec * 3)
@@ -207,3 +208,24 @@ def test_flow_entry_fits_budget():
     table = FlowTable(flow_cfg(max_flows=1 << 20))
     assert FlowTable.entry_size() <= 120
     assert table.memory_bytes / (1 << 20) <= 128
+
+
+def test_set_timeouts_reslots_live_flows_without_ending_them(tmp_path):
+    """ft_set_timeouts (SIGHUP reload): flows held under a 600 s idle timer
+    expire as idle at the next clock advance once the timer is 1 s; none is
+    lost or ended early by the change itself."""
+    path = tmp_path / "t.pcap"
+    truth = synth.generate(path, flows=50, packets=400, seed=3, mix={"fin": 0.0})
+    out = []
+    cfg = dataclasses.replace(default_config().flow, idle_timeout_s=600.0)
+    table = FlowTable(cfg, lambda recs, n: out.extend(iter_records(recs, n)))
+    replay_files([str(path)], table, 64)
+    now = table.stats()["now_ns"]
+    table.expire(now + 5 * 10**9)
+    assert out == [] and table.stats()["flows_active"] == len(truth.flows)
+    table.set_timeouts(dataclasses.replace(cfg, idle_timeout_s=1.0))
+    assert out == [] and table.stats()["flows_active"] == len(truth.flows)
+    table.expire(now + 6 * 10**9)
+    st = table.stats()
+    assert st["flows_active"] == 0 and st["flows_expired"]["idle_timeout"] == len(out)
+    assert sum(r["packetDeltaCount"] for r in out) == truth.packets

@@ -13,12 +13,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+import synth
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
@@ -246,29 +249,61 @@ def test_upgrade_keeps_modified_config(root, deb, deb_upgrade):
 
 # ------------------------------------------------------------------ under systemd
 
-def _wait(pred, timeout: float, what: str):
+def _wait(pred, timeout: float, what: str, detail=lambda: ""):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail()}")
+
+
+def processes_in(root: Path) -> list[int]:
+    """PIDs of the processes whose root directory is `root` (a container's)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "root") == str(root):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
 
 
 class Container:
     """The installed root booted by systemd-nspawn (systemd 252 as PID 1) in
-    a private network namespace; commands run in it with nsenter."""
+    a private network namespace; commands run in it with nsenter.
 
-    def __init__(self, root: Path):
+    A context manager. The boot wait is bounded (``boot_timeout_s``), and a
+    container that fails to boot is torn down before the error is raised:
+    nothing of it outlives the test."""
+
+    BOOT_TIMEOUT_S = 120
+    STOP_TIMEOUT_S = 30
+
+    def __init__(self, root: Path, boot_timeout_s: float = BOOT_TIMEOUT_S):
+        self.root = root
+        self.init: int | None = None
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-q", "-D", str(root), "-b", "--register=no", "--keep-unit",
              "--private-network", "--capability=CAP_BPF,CAP_PERFMON",
              "--system-call-filter=bpf"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.init = _wait(self._init_pid, 30, "the container's systemd")
-        _wait(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip()
-              in ("running", "degraded"), 60, "the container to boot")
+        try:
+            self.init = _wait(self._init_pid, 30, "the container's systemd")
+            _wait(lambda: self.state() in ("running", "degraded"), boot_timeout_s,
+                  "the container to boot", detail=self.boot_report)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> "Container":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def _init_pid(self) -> int | None:
         if self.proc.poll() is not None:
@@ -282,6 +317,14 @@ class Container:
                 return int(pid)
         return None
 
+    def state(self) -> str:
+        return self.run("systemctl", "is-system-running", check=False).stdout.strip()
+
+    def boot_report(self) -> str:
+        """What the container's systemd is still doing (for a boot timeout)."""
+        jobs = self.run("systemctl", "list-jobs", "--no-pager", check=False).stdout
+        return f"is-system-running: {self.state()}\n{jobs[-2000:]}"
+
     def run(self, *argv: str, check=True) -> subprocess.CompletedProcess:
         return sh(["nsenter", "-t", str(self.init), "-a", *argv], check=check, timeout=60)
 
@@ -290,13 +333,76 @@ class Container:
         return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
     def stop(self) -> None:
+        """Shut the container down; if it does not go in time, SIGKILL its
+        init (which ends its whole PID namespace) and systemd-nspawn."""
         if self.proc.poll() is None:
             self.proc.terminate()          # nspawn shuts the container down
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=self.STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                for pid in [self.init] if self.init else processes_in(self.root):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 self.proc.kill()
-                self.proc.wait()
+                self.proc.wait(timeout=self.STOP_TIMEOUT_S)
+        _wait(lambda: not processes_in(self.root), self.STOP_TIMEOUT_S,
+              "the container's processes to exit",
+              detail=lambda: f"left: {processes_in(self.root)}")
+
+
+def test_container_that_never_boots_is_torn_down(root):
+    """A boot that never completes (a unit that blocks multi-user.target)
+    ends in a bounded time with an error, and leaves no process behind."""
+    if not shutil.which("systemd-nspawn"):
+        pytest.fail("systemd-nspawn missing (apt-get install systemd-container)")
+    unit = root / "etc/systemd/system/fp-block-boot.service"
+    unit.write_text("[Unit]\nDescription=never finishes\n[Service]\nType=oneshot\n"
+                    "ExecStart=/bin/sleep 600\n[Install]\nWantedBy=multi-user.target\n")
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / unit.name).symlink_to(f"/etc/systemd/system/{unit.name}")
+    start = time.monotonic()
+    with pytest.raises(AssertionError, match="the container to boot"):
+        Container(root, boot_timeout_s=5)
+    assert time.monotonic() - start < 5 + 30 + Container.STOP_TIMEOUT_S + 10
+    assert processes_in(root) == []
+
+
+def run_service(box: Container, cap_if: str, send_ns: str, tag: str, pcap: Path, truth) -> None:
+    """In the booted container: start, check, reload, feed and stop the service."""
+    sh(["ip", "-n", send_ns, "link", "set", cap_if, "netns", str(box.init)])
+    box.run("systemctl", "start", "flowprobe")
+    assert box.run("systemctl", "is-active", "flowprobe").stdout.strip() == "active"
+    _wait(lambda: "1/1 readers running" in box.run(
+        "systemctl", "show", "-p", "StatusText", "--value", "flowprobe").stdout,
+        30, "STATUS=1/1 readers running")
+    assert box.run("flowprobe", "nic", "check", cap_if).returncode == 0   # prepared
+    main = int(box.run("systemctl", "show", "-p", "MainPID", "--value", "flowprobe").stdout)
+    readers = [int(p) for p in box.run("cat", f"/proc/{main}/task/{main}/children")
+               .stdout.split()]
+    assert len(readers) == 1
+    uid = box.run("id", "-u", "flowprobe").stdout.strip()
+    for pid in [main, *readers]:
+        st = box.status(pid)
+        assert st["Uid"].split() == [uid] * 4
+        assert int(st["CapEff"], 16) == int(st["CapPrm"], 16) == 0x3000   # RAW|ADMIN
+        assert int(st["CapBnd"], 16) == 0x3000
+        assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+    for pid in readers:
+        assert int(box.status(pid)["CapAmb"], 16) == 0
+    box.run("systemctl", "reload", "flowprobe")
+    assert box.run("systemctl", "is-active", "flowprobe").stdout.strip() == "active"
+    sent = json.loads(sh(["ip", "netns", "exec", send_ns, sys.executable,
+                          str(REPO / "tools/sender.py"), f"fp{tag}s", str(pcap),
+                          "--pps", "5000", "--max-seconds", "20"]).stdout)
+    assert sent["sent"] == truth.frames
+    time.sleep(0.5)
+    box.run("systemctl", "stop", "flowprobe")
+    log = box.run("journalctl", "-u", "flowprobe", "--no-pager", "-o", "cat").stdout
+    assert "reader_reloaded" in log and f"{cap_if}: restored" in log
+    assert box.run("flowprobe", "nic", "check", cap_if, check=False).returncode == 1
 
 
 def test_service_runs_hardened_under_systemd(root, deb, tmp_path):
@@ -306,7 +412,6 @@ def test_service_runs_hardened_under_systemd(root, deb, tmp_path):
     reload and stop work, the flows sent are exported, the NIC is restored."""
     if not shutil.which("systemd-nspawn"):
         pytest.fail("systemd-nspawn missing (apt-get install systemd-container)")
-    import synth
     install(root, deb)
     tag = os.urandom(4).hex()
     cap_if, send_ns = f"fp{tag}c", f"fp{tag}s"
@@ -322,7 +427,6 @@ def test_service_runs_hardened_under_systemd(root, deb, tmp_path):
                              "flows.ipfix\n    options_interval_s: 0"))
     pcap = tmp_path / "svc.pcap"
     truth = synth.generate(pcap, flows=50, packets=500, seed=11, mix={"fragmented": 0.0})
-    box = None
     try:
         sh(["ip", "netns", "add", send_ns])
         sh(["ip", "link", "add", cap_if, "netns", send_ns, "type", "veth",
@@ -333,41 +437,9 @@ def test_service_runs_hardened_under_systemd(root, deb, tmp_path):
         sh(["ip", "netns", "exec", send_ns, "ethtool", "-K", f"fp{tag}s", "tso", "off",
             "gso", "off", "tx", "off"])
         sh(["ip", "-n", send_ns, "link", "set", f"fp{tag}s", "up"])
-        box = Container(root)
-        sh(["ip", "-n", send_ns, "link", "set", cap_if, "netns", str(box.init)])
-        box.run("systemctl", "start", "flowprobe")
-        assert box.run("systemctl", "is-active", "flowprobe").stdout.strip() == "active"
-        _wait(lambda: "1/1 readers running" in box.run(
-            "systemctl", "show", "-p", "StatusText", "--value", "flowprobe").stdout,
-            30, "STATUS=1/1 readers running")
-        assert box.run("flowprobe", "nic", "check", cap_if).returncode == 0   # prepared
-        main = int(box.run("systemctl", "show", "-p", "MainPID", "--value", "flowprobe").stdout)
-        readers = [int(p) for p in box.run("cat", f"/proc/{main}/task/{main}/children")
-                   .stdout.split()]
-        assert len(readers) == 1
-        uid = box.run("id", "-u", "flowprobe").stdout.strip()
-        for pid in [main, *readers]:
-            st = box.status(pid)
-            assert st["Uid"].split() == [uid] * 4
-            assert int(st["CapEff"], 16) == int(st["CapPrm"], 16) == 0x3000   # RAW|ADMIN
-            assert int(st["CapBnd"], 16) == 0x3000
-            assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
-        for pid in readers:
-            assert int(box.status(pid)["CapAmb"], 16) == 0
-        box.run("systemctl", "reload", "flowprobe")
-        assert box.run("systemctl", "is-active", "flowprobe").stdout.strip() == "active"
-        sent = json.loads(sh(["ip", "netns", "exec", send_ns, sys.executable,
-                              str(REPO / "tools/sender.py"), f"fp{tag}s", str(pcap),
-                              "--pps", "5000", "--max-seconds", "20"]).stdout)
-        assert sent["sent"] == truth.frames
-        time.sleep(0.5)
-        box.run("systemctl", "stop", "flowprobe")
-        log = box.run("journalctl", "-u", "flowprobe", "--no-pager", "-o", "cat").stdout
-        assert "reader_reloaded" in log and f"{cap_if}: restored" in log
-        assert box.run("flowprobe", "nic", "check", cap_if, check=False).returncode == 1
+        with Container(root) as box:
+            run_service(box, cap_if, send_ns, tag, pcap, truth)
     finally:
-        if box is not None:
-            box.stop()
         sh(["ip", "netns", "del", send_ns], check=False)
     out = sh([sys.executable, "-m", "flowprobe", "collect", "--file",
               str(root / "var/lib/flowprobe/flows.r0.ipfix"), "--format", "json"]).stdout

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import corpus
-import synth
+import packets
 from flowprobe.driver import pcapfile as pf
 from flowprobe.driver.pcapfile import CaptureFileError, TruncatedCaptureError, open_capture
 
@@ -261,7 +261,7 @@ def test_pcapng_with_two_link_types(tmp_path, synthetic_captures):
         pytest.fail("mergecap is not installed (tshark's package; make deps installs it)")
     eth = synthetic_captures[0]
     raw = tmp_path / "raw.pcap"
-    ip4 = synth.ipv4("198.18.0.1", "198.19.0.1", 17, synth.udp(1234, 53, b"x" * 8))
+    ip4 = packets.ipv4("198.18.0.1", "198.19.0.1", 17, packets.udp(1234, 53, b"x" * 8))
     write_pcap(raw, [(1_700_000_000, 0, ip4, len(ip4))], linktype=101)
     f = tmp_path / "multi.pcapng"
     subprocess.run(["mergecap", "-F", "pcapng", "-w", str(f), str(eth), str(raw)],

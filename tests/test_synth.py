@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import packets
 import synth
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark missing")
@@ -193,10 +194,10 @@ def test_truth_json_round_trip_and_record_helpers(tmp_path, capture):
 def test_write_pcap_keeps_given_frames(tmp_path):
     """write_pcap writes frames as given (times, snap-cut frames, padding)."""
     path = tmp_path / "w.pcap"
-    small = synth.eth_ipv4_udp("198.18.0.1", "198.19.0.1", 1000, 2000, b"x")
-    big = synth.eth_ipv6_tcp("2001:db8::1", "2001:db8::2", 40000, 33333, synth.TCP_ACK, b"y" * 200)
+    small = packets.eth_ipv4_udp("198.18.0.1", "198.19.0.1", 1000, 2000, b"x")
+    big = packets.eth_ipv6_tcp("2001:db8::1", "2001:db8::2", 40000, 33333, packets.TCP_ACK, b"y" * 200)
     start = synth.DEFAULT_START_NS
-    synth.write_pcap(path, [(start, small), (start + 1500, big[:64], len(big))])
+    packets.write_pcap(path, [(start, small), (start + 1500, big[:64], len(big))])
     out = tshark(path, "-T", "fields", "-e", "frame.time_epoch", "-e", "frame.len",
                  "-e", "frame.cap_len", "-e", "ip.len")
     assert out.splitlines() == ["1685577600.000000000\t60\t60\t29",

@@ -19,7 +19,7 @@ import time
 import cffi
 
 from flowprobe.driver.afpacket import Ring
-from flowprobe.probe.logs import configure_logging
+from flowprobe.logs import configure_logging
 
 FT_PKT_CDEF = """
 struct ft_pkt {

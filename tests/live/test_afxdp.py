@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import packets
 import synth
 from repo import SENDER
 
@@ -150,8 +151,8 @@ def test_stack_sees_nothing_while_ring_runs(veth, workers, tmp_path):
     mac = bytes.fromhex(veth.run(veth.cap_ns, "cat", f"/sys/class/net/{veth.cap_if}/address")
                         .stdout.strip().replace(":", ""))
     path = tmp_path / "to_host.pcap"
-    synth.write_pcap(path, [(synth.DEFAULT_START_NS + i, synth.ether(
-        synth.ipv4(SEND_IP, CAP_IP, 17, synth.udp(40000 + i, UDP_PORT, b"hello" * 10)),
+    packets.write_pcap(path, [(synth.DEFAULT_START_NS + i, packets.ether(
+        packets.ipv4(SEND_IP, CAP_IP, 17, packets.udp(40000 + i, UDP_PORT, b"hello" * 10)),
         0x0800, dst_mac=mac)) for i in range(50)])
 
     listener = udp_listener(veth, 1.5)         # control: the stack delivers
@@ -274,10 +275,10 @@ def test_mtu_checked_and_oversize_frames_counted(veth, workers, tmp_path):
     w = workers("--backend", "afxdp", "--xdp-mode", "skb")
     for ns, ifc in ((veth.cap_ns, veth.cap_if), (veth.send_ns, veth.send_if)):
         veth.run(ns, "ip", "link", "set", "dev", ifc, "mtu", "3000")
-    frames = [synth.eth_ipv4_udp(SEND_IP, CAP_IP, 1000 + i, 2000,
+    frames = [packets.eth_ipv4_udp(SEND_IP, CAP_IP, 1000 + i, 2000,
                                  b"x" * (2500 if i % 2 else 100)) for i in range(40)]
     path = tmp_path / "big.pcap"
-    synth.write_pcap(path, [(synth.DEFAULT_START_NS + i, f) for i, f in enumerate(frames)])
+    packets.write_pcap(path, [(synth.DEFAULT_START_NS + i, f) for i, f in enumerate(frames)])
     assert veth.send(path, pps=1000)["sent"] == 40
     res = w.finish()
     assert res["walked"] == 20
@@ -287,10 +288,10 @@ def test_mtu_checked_and_oversize_frames_counted(veth, workers, tmp_path):
 def test_tiny_umem_overrun_is_counted(veth, workers, tmp_path):
     """A 64-frame UMEM that is not read during a burst loses frames, and
     every one is counted: delivered + kernel_drops == sent."""
-    frames = [synth.eth_ipv4_udp(SEND_IP, CAP_IP, 1000 + i % 100, 2000, b"z" * 18)
+    frames = [packets.eth_ipv4_udp(SEND_IP, CAP_IP, 1000 + i % 100, 2000, b"z" * 18)
               for i in range(30000)]
     path = tmp_path / "burst.pcap"
-    synth.write_pcap(path, [(synth.DEFAULT_START_NS + i, f) for i, f in enumerate(frames)])
+    packets.write_pcap(path, [(synth.DEFAULT_START_NS + i, f) for i, f in enumerate(frames)])
     w = workers("--backend", "afxdp", "--xdp-mode", "native", "--wait", "poll",
                 "--umem-frames", "64", "--hold")
     sent = veth.send(path, pps=0)["sent"]

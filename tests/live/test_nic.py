@@ -112,14 +112,14 @@ def test_restore_puts_back_exact_previous_state(veth):
 def test_prepared_interface_captures_every_frame(veth, capture, tmp_path):
     """A prepared (promiscuous, NOARP, offload-free) capture end still hands
     every frame from the peer to a ring, whatever its destination MAC."""
-    import synth
+    import packets
     frames = [bytes([0x02, 0, 0, 0x5e, 0, i])   # a different MAC each, not ours
-              + synth.eth_ipv4_udp("198.18.0.1", "198.19.0.1", 1000 + i, 2000, b"p" * i)[6:]
+              + packets.eth_ipv4_udp("198.18.0.1", "198.19.0.1", 1000 + i, 2000, b"p" * i)[6:]
               for i in range(100)]
     nic(veth, "prepare")
     cap = capture("--expect", "100")
     path = tmp_path / "prepared.pcap"
-    synth.write_pcap(path, [(i, f) for i, f in enumerate(frames)])
+    packets.write_pcap(path, [(i, f) for i, f in enumerate(frames)])
     veth.send(path)
     got = sorted(p[4] for p in cap.finish()["packets"][0])
     assert got == sorted(f.hex() for f in frames)

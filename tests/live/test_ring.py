@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-import synth
+import packets
 
 pytestmark = pytest.mark.live
 
@@ -23,7 +23,7 @@ def marked(seq: int, size: int = 0) -> bytes:
 
 def write(tmp_path, frames, name="send.pcap"):
     path = tmp_path / name
-    synth.write_pcap(path, [(1_700_000_000_000_000_000 + i * 1000, f)
+    packets.write_pcap(path, [(1_700_000_000_000_000_000 + i * 1000, f)
                             for i, f in enumerate(frames)])
     return path
 
@@ -44,12 +44,12 @@ def mixed_frames(n: int) -> list[bytes]:
         size = (i * 37) % 1400
         kind = i % 3
         if kind == 0:
-            frames.append(synth.eth_ipv4_udp(SRC4, DST4, 1000 + i, 2000, marked(i, size)))
+            frames.append(packets.eth_ipv4_udp(SRC4, DST4, 1000 + i, 2000, marked(i, size)))
         elif kind == 1:
-            frames.append(synth.eth_ipv4_tcp(SRC4, DST4, 3000, 80, synth.TCP_ACK,
+            frames.append(packets.eth_ipv4_tcp(SRC4, DST4, 3000, 80, packets.TCP_ACK,
                                              marked(i, size)))
         else:
-            frames.append(synth.eth_ipv6_udp(SRC6, DST6, 1000 + i, 2000, marked(i, size)))
+            frames.append(packets.eth_ipv6_udp(SRC6, DST6, 1000 + i, 2000, marked(i, size)))
     return frames
 
 
@@ -91,7 +91,7 @@ def test_vlan_tag_comes_from_ring_metadata(veth, capture, tmp_path):
     """802.1Q frames arrive stripped, with vlan_valid and the exact TCI
     (priority bits included); untagged frames have vlan_valid 0."""
     tcis = [100, 0x2000 | 200, 0xE000 | 4094, None]
-    frames = [synth.eth_ipv4_udp(SRC4, DST4, 5000 + i, 53, marked(i, 40),
+    frames = [packets.eth_ipv4_udp(SRC4, DST4, 5000 + i, 53, marked(i, 40),
                                  vlans=(tcis[i % 4],) if tcis[i % 4] is not None else ())
               for i in range(40)]
     cap = capture("--expect", "40")
@@ -109,17 +109,17 @@ def test_vlan_tag_comes_from_ring_metadata(veth, capture, tmp_path):
 def filter_frames():
     """(label, frame) pairs for the filter tests."""
     specs = [
-        ("udp", synth.eth_ipv4_udp(SRC4, DST4, 1111, 2222, marked(0, 20))),
-        ("tcp", synth.eth_ipv4_tcp(SRC4, DST4, 3333, 80, synth.TCP_SYN, marked(1))),
-        ("dns", synth.eth_ipv4_udp(SRC4, DST4, 4444, 53, marked(2, 20))),
-        ("udp6", synth.eth_ipv6_udp(SRC6, DST6, 1111, 2222, marked(3, 20))),
-        ("dns6", synth.eth_ipv6_udp(SRC6, DST6, 53, 4444, marked(4, 20))),
-        ("v100udp", synth.eth_ipv4_udp(SRC4, DST4, 1111, 2222, marked(5, 20), vlans=(100,))),
-        ("v100tcp", synth.eth_ipv4_tcp(SRC4, DST4, 3333, 80, synth.TCP_SYN, marked(6),
+        ("udp", packets.eth_ipv4_udp(SRC4, DST4, 1111, 2222, marked(0, 20))),
+        ("tcp", packets.eth_ipv4_tcp(SRC4, DST4, 3333, 80, packets.TCP_SYN, marked(1))),
+        ("dns", packets.eth_ipv4_udp(SRC4, DST4, 4444, 53, marked(2, 20))),
+        ("udp6", packets.eth_ipv6_udp(SRC6, DST6, 1111, 2222, marked(3, 20))),
+        ("dns6", packets.eth_ipv6_udp(SRC6, DST6, 53, 4444, marked(4, 20))),
+        ("v100udp", packets.eth_ipv4_udp(SRC4, DST4, 1111, 2222, marked(5, 20), vlans=(100,))),
+        ("v100tcp", packets.eth_ipv4_tcp(SRC4, DST4, 3333, 80, packets.TCP_SYN, marked(6),
                                        vlans=(100,))),
-        ("v100dns", synth.eth_ipv4_udp(SRC4, DST4, 4444, 53, marked(7, 20), vlans=(100,))),
-        ("v200udp", synth.eth_ipv4_udp(SRC4, DST4, 1111, 2222, marked(8, 20), vlans=(200,))),
-        ("v200tcp", synth.eth_ipv4_tcp(SRC4, DST4, 3333, 80, synth.TCP_SYN, marked(9),
+        ("v100dns", packets.eth_ipv4_udp(SRC4, DST4, 4444, 53, marked(7, 20), vlans=(100,))),
+        ("v200udp", packets.eth_ipv4_udp(SRC4, DST4, 1111, 2222, marked(8, 20), vlans=(200,))),
+        ("v200tcp", packets.eth_ipv4_tcp(SRC4, DST4, 3333, 80, packets.TCP_SYN, marked(9),
                                        vlans=(200,))),
     ]
     return specs
@@ -164,10 +164,10 @@ def flow_frames(flows: int, per_dir: int) -> tuple[list[bytes], list[tuple]]:
             key = tuple(sorted([(a, sp), (b, dp)])) + (i % 2,)
             for src, dst, s, d in ((a, b, sp, dp), (b, a, dp, sp)):
                 if i % 2:
-                    frames.append(synth.eth_ipv4_tcp(src, dst, s, d, synth.TCP_ACK,
+                    frames.append(packets.eth_ipv4_tcp(src, dst, s, d, packets.TCP_ACK,
                                                      marked(r, 10)))
                 else:
-                    frames.append(synth.eth_ipv4_udp(src, dst, s, d, marked(r, 10)))
+                    frames.append(packets.eth_ipv4_udp(src, dst, s, d, marked(r, 10)))
                 keys.append(key)
     return frames, keys
 
@@ -199,7 +199,7 @@ def test_fanout_puts_each_flow_in_one_ring(veth, capture, tmp_path, nrings):
 def test_tiny_ring_burst_counts_drops(veth, capture, tmp_path):
     """A burst into a tiny ring that is not read: drops and queue freezes are
     counted, and captured + dropped == sent."""
-    frames = [synth.eth_ipv4_udp(SRC4, DST4, 7000, 7001, marked(i, 60)) for i in range(3000)]
+    frames = [packets.eth_ipv4_udp(SRC4, DST4, 7000, 7001, marked(i, 60)) for i in range(3000)]
     cap = capture("--block-size", "4096", "--block-count", "2", "--frame-size", "2048",
                   "--hold", "--no-data")
     before = veth.link_stats(veth.cap_ns, veth.cap_if)
@@ -219,7 +219,7 @@ def test_tiny_ring_burst_counts_drops(veth, capture, tmp_path):
 def test_snaplen_truncates_capture_not_wire_length(veth, capture, tmp_path):
     """snaplen is enforced through the filter's return value: caplen is cut,
     wirelen stays the length on the wire."""
-    frames = [synth.eth_ipv4_udp(SRC4, DST4, 7000, 7001, marked(i, 1000)) for i in range(20)]
+    frames = [packets.eth_ipv4_udp(SRC4, DST4, 7000, 7001, marked(i, 1000)) for i in range(20)]
     cap = capture("--snaplen", "96", "--expect", "20")
     veth.send(write(tmp_path, frames))
     res = cap.finish()
@@ -233,7 +233,7 @@ def test_snaplen_truncates_capture_not_wire_length(veth, capture, tmp_path):
 @pytest.mark.parametrize("mode", ["deterministic", "random"])
 def test_sampling_one_in_n_is_counted(veth, capture, tmp_path, mode):
     """1:4 sampling in the walker delivers ~1/4 and counts the rest."""
-    frames = [synth.eth_ipv4_udp(SRC4, DST4, 7000, 7001, marked(i, 10)) for i in range(400)]
+    frames = [packets.eth_ipv4_udp(SRC4, DST4, 7000, 7001, marked(i, 10)) for i in range(400)]
     cap = capture("--sampling-rate", "4", "--sampling-mode", mode, "--expect", "100")
     veth.send(write(tmp_path, frames), pps=20000)
     res = cap.finish()

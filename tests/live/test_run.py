@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import packets
 import synth
 
 # Bounded: a few thousand frames at a moderate rate (no drops expected).
@@ -100,7 +101,7 @@ def test_idle_flows_expire_without_traffic(veth, tmp_path):
     cfg = tmp_path / "idle.yaml"
     cfg.write_text("flow:\n  idle_timeout_s: 1\n")
     path = tmp_path / "one.pcap"
-    synth.write_pcap(path, [(synth.DEFAULT_START_NS + i, synth.eth_ipv4_udp(
+    packets.write_pcap(path, [(synth.DEFAULT_START_NS + i, packets.eth_ipv4_udp(
         "198.18.0.1", "198.18.0.2", 1000, 2000, b"z" * 50)) for i in range(5)])
     proc = subprocess.Popen(
         veth.argv(veth.cap_ns, sys.executable, "-m", "flowprobe", "run", "-i", veth.cap_if,

@@ -16,7 +16,7 @@ import time
 
 from flowprobe.config.schema import Config, validate
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
-from flowprobe.probe.logs import configure_logging
+from flowprobe.logs import configure_logging
 from flowprobe.driver.capture import open_ring
 
 LINKTYPE_ETHERNET = 1

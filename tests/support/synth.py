@@ -13,9 +13,9 @@ probe/flowtable/flowtable.h:
 API: generate(path, flows=, packets=, seed=, fmt="pcap"|"pcapng", nsec=,
 mix=, start_ns=, gap_us=, malformed=, truth=) -> Truth (.flows, .packets,
 .octets, .frames, .skipped, .l4_partial, .fragments, .expected(), .to_json());
-key_of_record() / sum_records() map engine JSON records onto the same keys;
-write_pcap() and the eth_* / ether / ipv4 / ipv6 / tcp / udp / sctp / icmp
-builders make hand-made captures for timeout tests.
+key_of_record() / sum_records() map engine JSON records onto the same keys.
+Frames are built, and files written, by packets.py, which tests also use for
+captures made by hand.
 
 Speed: every flow gets a few prebuilt frames (first / middle / last packet);
 per packet only the record header is packed, and output goes out in big
@@ -25,19 +25,19 @@ chunks, window by window, so memory stays bounded.  Only 198.18.0.0/15 and
 import ipaddress
 import json
 import random
-import socket
 import struct
 from array import array
 from itertools import accumulate, cycle, islice, repeat, starmap
 from operator import and_, itemgetter, rshift
 
+from packets import (TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, addr_text, eth_arp,
+                     eth_ipv4_tcp, eth_ipv4_udp, eth_ipv6_udp, ether, icmp, ipv4, ipv6,
+                     pcap_header, pcapng_header, sctp, tcp, udp, v6_chain, v6_fragment,
+                     v6_opts, with_l4_checksum)
+
 DEFAULT_START_NS = 1685577600 * 10**9          # 2023-06-01T00:00:00Z
-PCAP_MAGIC_US, PCAP_MAGIC_NS = 0xA1B2C3D4, 0xA1B23C4D
-LINKTYPE_ETHERNET = 1
-SNAPLEN = 262144
 SKIP_REASONS = ("linktype", "l2_truncated", "non_ip", "vlan_depth", "mpls",
                 "ip_truncated", "ip_version", "ip_header", "ip_length")
-TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 DEFAULT_MIX = {
     "ipv6": 0.35,                       # share of IPv6 flows
     "vlan": 0.15, "qinq": 0.07,         # 802.1Q / QinQ (exclusive)
@@ -56,209 +56,13 @@ _ICMP4 = ((8, 0), (8, 0), (8, 0), (0, 0), (3, 3), (11, 0), (3, 1))
 _ICMP6 = ((128, 0), (128, 0), (129, 0), (1, 4), (3, 0))
 _OTHER_PROTO = (253, 254)
 
-# ---------------------------------------------------------------- checksums
-
-
-def inet_checksum(data, init=0):
-    """RFC 1071 checksum; `init` is an extra sum (e.g. a pseudo header)."""
-    if len(data) & 1:
-        data += b"\0"
-    x = int.from_bytes(data, "big") + init     # 2**16 == 1 (mod 0xffff)
-    s = x % 0xFFFF
-    if s == 0 and x:
-        s = 0xFFFF
-    return ~s & 0xFFFF
-
-
-def _crc32c_table():
-    tab = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        tab.append(c)
-    return tab
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c(data):
-    c = 0xFFFFFFFF
-    tab = _CRC32C
-    for b in data:
-        c = tab[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-def with_l4_checksum(src, dst, proto, seg):
-    """Return seg (a whole L4 datagram) with its checksum filled in."""
-    if proto == 132:
-        seg = seg[:8] + b"\0\0\0\0" + seg[12:]
-        return seg[:8] + crc32c(seg).to_bytes(4, "little") + seg[12:]
-    off = {6: 16, 17: 6, 1: 2, 58: 2}.get(proto)
-    if off is None or len(seg) < off + 2:
-        return seg
-    seg = seg[:off] + b"\0\0" + seg[off + 2:]
-    if proto == 1:
-        cs = inet_checksum(seg)
-    else:
-        pseudo = src + dst + (struct.pack("!BBH", 0, proto, len(seg)) if len(src) == 4
-                              else struct.pack("!IxxxB", len(seg), proto))
-        cs = inet_checksum(pseudo + seg)
-        if proto == 17 and cs == 0:
-            cs = 0xFFFF
-    return seg[:off] + struct.pack("!H", cs) + seg[off + 2:]
-
-# ------------------------------------------------------------ frame builders
-
-
-def _ab(a):
-    if isinstance(a, bytes):
-        return a
-    return socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a)
-
-
-def _as(b):
-    return socket.inet_ntop(socket.AF_INET6 if len(b) == 16 else socket.AF_INET, b)
-
-
-def ether(l3, ethertype, *, vlans=(), mpls=(), src_mac=b"\x02\0\0\0\0\x01",
-          dst_mac=b"\x02\0\0\0\0\x02", pad=True):
-    """Ethernet frame: tags (TCIs, outer first: 1 -> 0x8100, 2 -> 0x88a8+0x8100,
-    3+ -> 0x88a8 then 0x8100s), optional MPLS labels (label ints or
-    (label, tc, ttl) tuples), then l3; padded to 60 bytes."""
-    parts = [dst_mac, src_mac]
-    for j, tci in enumerate(vlans):
-        tpid = 0x88A8 if (j == 0 and len(vlans) > 1) else 0x8100
-        parts.append(struct.pack("!HH", tpid, tci))
-    if mpls:
-        parts.append(struct.pack("!H", 0x8847))
-        for j, lab in enumerate(mpls):
-            lab, tc, ttl = (lab, 0, 64) if isinstance(lab, int) else lab
-            bos = 1 if j == len(mpls) - 1 else 0
-            parts.append(struct.pack("!I", lab << 12 | tc << 9 | bos << 8 | ttl))
-    else:
-        parts.append(struct.pack("!H", ethertype))
-    parts.append(l3)
-    f = b"".join(parts)
-    if pad and len(f) < 60:
-        f += b"\0" * (60 - len(f))
-    return f
-
-
-def ipv4(src, dst, proto, payload, *, tos=0, ttl=64, ident=0, frag=0,
-         options=b"", total_length=None, ihl=None, version=4):
-    """IPv4 packet; frag = flags << 13 | offset/8 (MF = 0x2000)."""
-    options += b"\0" * (-len(options) % 4)
-    hl = 20 + len(options)
-    tl = hl + len(payload) if total_length is None else total_length
-    h = struct.pack("!BBHHHBBH4s4s", version << 4 | (hl // 4 if ihl is None else ihl),
-                    tos, tl, ident, frag, ttl, proto, 0, _ab(src), _ab(dst)) + options
-    return h[:10] + struct.pack("!H", inet_checksum(h)) + h[12:] + payload
-
-
-def ipv6(src, dst, nh, payload, *, tc=0, hlim=64, flow=0):
-    """IPv6 packet; payload includes any extension headers, nh is the first."""
-    return struct.pack("!IHBB16s16s", 6 << 28 | tc << 20 | flow, len(payload), nh,
-                       hlim, _ab(src), _ab(dst)) + payload
-
-
-def v6_opts(nh):
-    """Hop-by-hop or destination options header (one PadN, 8 bytes)."""
-    return struct.pack("!BBBB4x", nh, 0, 1, 4)
-
-
-def v6_routing(nh, addr):
-    """Routing header type 2 (one address, segments left 1), 24 bytes."""
-    return struct.pack("!BBBB4x16s", nh, 2, 2, 1, addr)
-
-
-def v6_fragment(nh, offset8, more, ident):
-    return struct.pack("!BBHI", nh, 0, offset8 << 3 | (1 if more else 0), ident)
-
-
-def v6_chain(kinds, final_nh, dst):
-    """kinds: sequence of 0 (hop-by-hop), 60 (dst opts), 43 (routing, its
-    address is dst so the pseudo header stays valid).
-    Returns (first next-header value, header bytes)."""
-    out, nh = b"", final_nh
-    for k in reversed(kinds):
-        out = (v6_routing(nh, dst) if k == 43 else v6_opts(nh)) + out
-        nh = k
-    return nh, out
-
-
-def udp(sport, dport, payload=b""):
-    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-
-
-def tcp(sport, dport, flags, payload=b"", *, seq=1, ack=0, options=b""):
-    options += b"\x01" * (-len(options) % 4)
-    off = (20 + len(options)) // 4
-    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, off << 4, flags,
-                       65535, 0, 0) + options + payload
-
-
-def sctp(sport, dport, payload=b"\0\0\0\0", vtag=1):
-    """SCTP common header + one DATA chunk (padded to 4)."""
-    chunk = struct.pack("!BBHIHHI", 0, 3, 16 + len(payload), 1, 0, 0, 0) + payload
-    chunk += b"\0" * (-len(chunk) % 4)
-    return struct.pack("!HHII", sport, dport, vtag, 0) + chunk
-
-
-def icmp(typ, code, payload=b"", ident=1, seq=1):
-    """ICMP / ICMPv6 message; echo types get id/seq, others 4 unused bytes."""
-    rest = struct.pack("!HH", ident, seq) if typ in (0, 8, 128, 129) else b"\0" * 4
-    return struct.pack("!BBH", typ, code, 0) + rest + payload
-
-
-def _l4(src, dst, proto, seg):
-    return with_l4_checksum(_ab(src), _ab(dst), proto, seg)
-
-
-def eth_ipv4_udp(src, dst, sport, dport, payload=b"", *, tos=0, ttl=64, vlans=(), mpls=()):
-    seg = _l4(src, dst, 17, udp(sport, dport, payload))
-    return ether(ipv4(src, dst, 17, seg, tos=tos, ttl=ttl), 0x0800, vlans=vlans, mpls=mpls)
-
-
-def eth_ipv4_tcp(src, dst, sport, dport, flags, payload=b"", *, tos=0, ttl=64, vlans=(), mpls=()):
-    seg = _l4(src, dst, 6, tcp(sport, dport, flags, payload))
-    return ether(ipv4(src, dst, 6, seg, tos=tos, ttl=ttl), 0x0800, vlans=vlans, mpls=mpls)
-
-
-def eth_ipv6_udp(src, dst, sport, dport, payload=b"", *, tc=0, hlim=64, vlans=(), mpls=()):
-    seg = _l4(src, dst, 17, udp(sport, dport, payload))
-    return ether(ipv6(src, dst, 17, seg, tc=tc, hlim=hlim), 0x86DD, vlans=vlans, mpls=mpls)
-
-
-def eth_ipv6_tcp(src, dst, sport, dport, flags, payload=b"", *, tc=0, hlim=64, vlans=(), mpls=()):
-    seg = _l4(src, dst, 6, tcp(sport, dport, flags, payload))
-    return ether(ipv6(src, dst, 6, seg, tc=tc, hlim=hlim), 0x86DD, vlans=vlans, mpls=mpls)
-
-
-def eth_ipv4_icmp(src, dst, typ=8, code=0, payload=b"\0" * 8, *, tos=0, ttl=64, vlans=()):
-    seg = _l4(src, dst, 1, icmp(typ, code, payload))
-    return ether(ipv4(src, dst, 1, seg, tos=tos, ttl=ttl), 0x0800, vlans=vlans)
-
-
-def eth_ipv6_icmp(src, dst, typ=128, code=0, payload=b"\0" * 8, *, tc=0, hlim=64, vlans=()):
-    seg = _l4(src, dst, 58, icmp(typ, code, payload))
-    return ether(ipv6(src, dst, 58, seg, tc=tc, hlim=hlim), 0x86DD, vlans=vlans)
-
-
-def eth_arp(sender="198.18.0.1", target="198.18.0.2"):
-    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, b"\x02\0\0\0\0\x01",
-                       _ab(sender), b"\0" * 6, _ab(target))
-    return ether(body, 0x0806, dst_mac=b"\xff" * 6)
-
 # ------------------------------------------------------------- keys, truth
 
 
 def flow_key(vlan, version, src, dst, sport, dport, proto, tos):
     """The truth key tuple; addresses as canonical strings."""
-    src = _as(src) if isinstance(src, bytes) else str(ipaddress.ip_address(src))
-    dst = _as(dst) if isinstance(dst, bytes) else str(ipaddress.ip_address(dst))
+    src = addr_text(src) if isinstance(src, bytes) else str(ipaddress.ip_address(src))
+    dst = addr_text(dst) if isinstance(dst, bytes) else str(ipaddress.ip_address(dst))
     return (vlan, version, src, dst, sport, dport, proto, tos)
 
 
@@ -346,41 +150,6 @@ class Truth:
         flows = {tuple(f.pop("key")): f for f in d.pop("flows")}
         return cls(flows=flows, **d)
 
-# ------------------------------------------------------------------ writers
-
-
-def pcap_header(nsec=False, snaplen=SNAPLEN, linktype=LINKTYPE_ETHERNET):
-    return struct.pack("<IHHiIII", PCAP_MAGIC_NS if nsec else PCAP_MAGIC_US, 2, 4, 0, 0,
-                       snaplen, linktype)
-
-
-def pcapng_header(nsec=False, snaplen=SNAPLEN, linktype=LINKTYPE_ETHERNET):
-    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
-    opts = struct.pack("<HHB3x", 9, 1, 9 if nsec else 6) + struct.pack("<HH", 0, 0)
-    blen = 20 + len(opts)
-    idb = struct.pack("<IIHHI", 1, blen, linktype, 0, snaplen) + opts + struct.pack("<I", blen)
-    return shb + idb
-
-
-def write_pcap(path, frames, *, nsec=False, fmt="pcap"):
-    """Write [(ts_ns, frame) or (ts_ns, frame, wirelen)] as given, in order."""
-    ng = fmt == "pcapng"
-    out = [(pcapng_header if ng else pcap_header)(nsec)]
-    for item in frames:
-        ts, data = item[0], item[1]
-        wl = item[2] if len(item) > 2 else len(data)
-        t = ts if nsec else ts // 1000
-        if ng:
-            pad = b"\0" * (-len(data) % 4)
-            blen = 32 + len(data) + len(pad)
-            out += [struct.pack("<IIIIIII", 6, blen, 0, t >> 32, t & 0xFFFFFFFF, len(data), wl),
-                    data, pad, struct.pack("<I", blen)]
-        else:
-            sec, frac = divmod(t, 10**9 if nsec else 10**6)
-            out += [struct.pack("<IIII", sec, frac, len(data), wl), data]
-    with open(path, "wb") as fh:
-        fh.write(b"".join(out))
-
 # ---------------------------------------------------------------- generator
 def packet_counts(rng, flows, packets, m):
     """Packets per flow: fragmented flows get exactly k (2-3) packets, the
@@ -445,7 +214,7 @@ def build_flow(rng, i, n, k, m, acc_of, finish):
     if v6:
         src = struct.pack("!IHHQ", 0x20010DB8, 1, i >> 16 & 0xFFFF, bits(64))
         dst = struct.pack("!IHHQ", 0x20010DB8, 2, bits(16), bits(64))
-        src_s, dst_s = _as(src), _as(dst)
+        src_s, dst_s = addr_text(src), addr_text(dst)
     else:
         src = bytes((198, 18, i >> 8 & 0xFF, i & 0xFF))
         dst = bytes((198, 19, bits(8), 1 + int(r() * 254)))
@@ -569,10 +338,10 @@ def malformed_frames(rng):
     # accepted, but snaplen cut right after the network header: no ports/flags
     for n, tos in enumerate((0, 0x20)):
         f = eth_ipv4_tcp(s, d, 3333 + n, 80, TCP_ACK, bytes(100), tos=tos, ttl=60)
-        key = (0, 4, _as(s), _as(d), 0, 0, 6, tos)
+        key = (0, 4, addr_text(s), addr_text(d), 0, 0, 6, tos)
         yield (f[:34], 34, len(f), (key, 0, 60, 0), len(f) - 14), None, 1
     f = eth_ipv6_udp(s6, d6, 4444, 53, bytes(30), hlim=61)
-    key = (0, 6, _as(s6), _as(d6), 0, 0, 17, 0)
+    key = (0, 6, addr_text(s6), addr_text(d6), 0, 0, 17, 0)
     yield (f[:54], 54, len(f), (key, 0, 61, 0), len(f) - 14), None, 1
 
 

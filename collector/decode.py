@@ -1,15 +1,17 @@
 """Decode NetFlow v5, NetFlow v9 and IPFIX messages into IANA-named dicts.
 
-One `MessageDecoder` serves every exporter a collector hears from. It keeps
-the template cache per (exporter, domain, template id) and the sequence
-state per (exporter, domain), and counts every outcome in `counters`.
+One `MessageDecoder` serves every exporter a collector hears from. It frames
+IPFIX and v9 messages into sets, keeps the templates they announce per
+(exporter, domain, template id) and the sequence state per (exporter,
+domain), and counts every outcome in `counters`. Records are decoded by the
+received templates of records.py; v5 (no templates) by netflow5.py.
 
 Who decodes what:
   - IPFIX information elements (names, ids, types) come from the `ipfix`
     package's IANA registry, for v9 too: v9 field types 1..127 are the same
     numbers as the IANA IEs (RFC 3954 became RFC 5102).
   - IPFIX data records of fixed-length templates are decoded by the package's
-    `Template.decode_from` (one struct unpack per record).
+    `Template.decode_from` (one struct unpack per record; records.py).
   - By hand, and why:
       * message/set framing: `ipfix.message.MessageBuffer` keys templates by
         (domain, id) only, not per exporter, ignores template withdrawal,
@@ -32,152 +34,27 @@ fields).
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections import Counter
-from datetime import datetime, timedelta
 
 import structlog
-import ipfix.ie
-import ipfix.template
-import ipfix.types
 
-ipfix.ie.use_iana_default()
-ipfix.ie.use_5103_default()  # biflow reverse IEs (PEN 29305)
+from .netflow5 import V5_VERSION, decode_v5
+from .records import DecodeError, ReceivedField, ReceivedTemplate, uptime_age
 
 log = structlog.get_logger("flowprobe.collector")
 
 IPFIX_VERSION = 10
 V9_VERSION = 9
-V5_VERSION = 5
-VARLEN = 65535
 
 _IPFIX_HDR = struct.Struct("!HHIII")      # version length export_time seq odid
 _V9_HDR = struct.Struct("!HHIIII")        # version count uptime secs seq source
-_V5_HDR = struct.Struct("!HHIIIIBBH")     # ... seq engine_type engine_id sampling
-_V5_REC = struct.Struct("!4s4s4sHHIIIIHHxBBBHHBBxx")
 _SET_HDR = struct.Struct("!HH")
-_EPOCH = datetime(1970, 1, 1)
-_NTP_OFFSET_S = 2208988800
 _U32 = 0xFFFFFFFF
 
 # v9 options scope field types (RFC 3954 section 6.1): not IANA IEs.
 V9_SCOPE_NAMES = {1: "v9ScopeSystem", 2: "v9ScopeInterface",
                   3: "v9ScopeLineCard", 4: "v9ScopeCache", 5: "v9ScopeTemplate"}
-
-# v5 record layout (Cisco), mapped to IANA names in struct order.
-_V5_NAMES = ("sourceIPv4Address", "destinationIPv4Address",
-             "ipNextHopIPv4Address", "ingressInterface", "egressInterface",
-             "packetDeltaCount", "octetDeltaCount", "_first", "_last",
-             "sourceTransportPort", "destinationTransportPort",
-             "tcpControlBits", "protocolIdentifier", "ipClassOfService",
-             "bgpSourceAsNumber", "bgpDestinationAsNumber",
-             "sourceIPv4PrefixLength", "destinationIPv4PrefixLength")
-
-
-class DecodeError(Exception):
-    """A message that cannot be framed (counted as malformed)."""
-
-
-class Field:
-    """One template field: IE identity, wire length, name and type name."""
-    __slots__ = ("pen", "num", "length", "name", "type")
-
-    def __init__(self, pen: int, num: int, length: int, name: str | None = None):
-        self.pen, self.num, self.length = pen, num, length
-        if name:  # a v9 scope field: not an IANA IE, an unsigned integer
-            self.name, self.type = name, "unsigned"
-            return
-        try:
-            elem = ipfix.ie.for_spec("(%d/%d)" % (pen, num))
-            self.name, self.type = elem.name, elem.type.roottype.name
-        except (ValueError, KeyError):
-            self.name, self.type = "_ipfix_%d_%d" % (pen, num), "octetArray"
-
-
-class Template:
-    """A (options) template as received; `pkg` is the ipfix-package template
-    used for fast decoding when the package can handle this layout."""
-
-    def __init__(self, tid: int, fields: list[Field], scope_count: int = 0):
-        self.tid, self.fields, self.scope_count = tid, fields, scope_count
-        self.varlen = any(f.length == VARLEN for f in fields)
-        self.min_length = sum(1 if f.length == VARLEN else f.length for f in fields)
-        self.pkg = None
-        if not self.varlen and not any(f.type == "unsigned" for f in fields):
-            try:
-                tmpl = ipfix.template.Template(tid)
-                for f in fields:
-                    tmpl.append(ipfix.ie.for_template_entry(f.pen, f.num, f.length))
-                tmpl.finalize()
-                if tmpl.packplan.st.size == self.min_length:
-                    self.pkg = tmpl
-            except (ipfix.types.IpfixTypeError, ValueError, struct.error):
-                self.pkg = None
-
-    def decode(self, buf: memoryview, offset: int) -> tuple[dict, int]:
-        """Decode one record at offset; return (dict, next offset)."""
-        if self.pkg is not None:
-            vals, end = self.pkg.decode_from(buf, offset)
-            return {f.name: _from_pkg(f, v) for f, v in zip(self.fields, vals)}, end
-        rec = {}
-        for f in self.fields:
-            length = f.length
-            if length == VARLEN:
-                length = buf[offset]
-                offset += 1
-                if length == 255:
-                    length = int.from_bytes(buf[offset:offset + 2], "big")
-                    offset += 2
-            raw = bytes(buf[offset:offset + length])
-            if len(raw) < length:
-                raise DecodeError("record runs past its set")
-            rec[f.name] = _from_raw(f.type, raw)
-            offset += length
-        return rec, offset
-
-
-def _from_raw(typ: str, raw: bytes):
-    """Hand decoding of one value of an IPFIX abstract type (RFC 7011 s6)."""
-    if typ.startswith("unsigned") or typ.startswith("dateTimeSec") \
-            or typ == "dateTimeMilliseconds":
-        return int.from_bytes(raw, "big")
-    if typ.startswith("signed"):
-        return int.from_bytes(raw, "big", signed=True)
-    if typ in ("dateTimeMicroseconds", "dateTimeNanoseconds") and len(raw) == 8:
-        sec, frac = struct.unpack("!II", raw)
-        ns = (sec - _NTP_OFFSET_S) * 10**9 + (frac * 10**9 >> 32)
-        return ns // 1000 if typ == "dateTimeMicroseconds" else ns
-    if typ in ("ipv4Address", "ipv6Address") and len(raw) in (4, 16):
-        return str(ipaddress.ip_address(raw))
-    if typ == "macAddress":
-        return ":".join("%02x" % b for b in raw)
-    if typ == "float64" and len(raw) == 8:
-        return struct.unpack("!d", raw)[0]
-    if typ == "float32" and len(raw) == 4:
-        return struct.unpack("!f", raw)[0]
-    if typ == "boolean" and len(raw) == 1:
-        return raw[0] == 1
-    if typ == "string":
-        return raw.decode("utf-8", "replace")
-    return raw.hex()
-
-
-def _from_pkg(f: Field, v):
-    """Turn a value decoded by the ipfix package into its JSON-ready form."""
-    if isinstance(v, datetime):
-        delta = v - _EPOCH
-        if f.type == "dateTimeSeconds":
-            return delta // timedelta(seconds=1)
-        if f.type == "dateTimeMilliseconds":
-            return delta // timedelta(milliseconds=1)
-        us = delta // timedelta(microseconds=1)
-        return us if f.type == "dateTimeMicroseconds" else us * 1000
-    if isinstance(v, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return str(v)
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return _from_raw(f.type, bytes(v))
-    return v
 
 
 class MessageDecoder:
@@ -185,7 +62,7 @@ class MessageDecoder:
 
     def __init__(self):
         self.counters: Counter = Counter()
-        self.templates: dict[tuple, Template] = {}
+        self.templates: dict[tuple, ReceivedTemplate] = {}
         self.gaps: dict[tuple, dict] = {}       # (proto, exporter, domain) -> stats
         self._next_seq: dict[tuple, int] = {}
         self._init_ms: dict[tuple, int] = {}     # systemInitTimeMilliseconds
@@ -267,10 +144,10 @@ class MessageDecoder:
                     num &= 0x7FFF
                     pen = struct.unpack_from("!I", buf, off)[0]
                     off += 4
-                fields.append(Field(pen, num, flen))
+                fields.append(ReceivedField(pen, num, flen))
             if off > end:
                 raise DecodeError("template %d runs past its set" % tid)
-            self._store(("ipfix", exporter, odid, tid), Template(tid, fields, scope))
+            self._store(("ipfix", exporter, odid, tid), ReceivedTemplate(tid, fields, scope))
 
     def _withdraw(self, exporter, odid, tid, setid):
         if tid == setid:
@@ -312,10 +189,10 @@ class MessageDecoder:
                 if tid == 0 and count == 0:
                     break  # padding
                 raise DecodeError("bad v9 template %d" % tid)
-            fields = [Field(0, *struct.unpack_from("!HH", buf, off + 4 * i))
+            fields = [ReceivedField(0, *struct.unpack_from("!HH", buf, off + 4 * i))
                       for i in range(count)]
             off += 4 * count
-            self._store(("v9", exporter, source, tid), Template(tid, fields))
+            self._store(("v9", exporter, source, tid), ReceivedTemplate(tid, fields))
 
     def _v9_options_templates(self, buf, off, end, exporter, source):
         while off + 6 <= end:
@@ -326,38 +203,20 @@ class MessageDecoder:
             fields = []
             for i in range(0, scope_len, 4):
                 ftype, flen = struct.unpack_from("!HH", buf, off + i)
-                fields.append(Field(0, 0xFFFF, flen, V9_SCOPE_NAMES.get(
+                fields.append(ReceivedField(0, 0xFFFF, flen, V9_SCOPE_NAMES.get(
                     ftype, "v9Scope%d" % ftype)))
             off += scope_len
             for i in range(0, opt_len, 4):
-                fields.append(Field(0, *struct.unpack_from("!HH", buf, off + i)))
+                fields.append(ReceivedField(0, *struct.unpack_from("!HH", buf, off + i)))
             off += opt_len
             self._store(("v9", exporter, source, tid),
-                        Template(tid, fields, scope_count=scope_len // 4))
+                        ReceivedTemplate(tid, fields, scope_count=scope_len // 4))
 
     # -- NetFlow v5 (Cisco) --------------------------------------------------
     def _v5(self, data: bytes, exporter) -> list[dict]:
-        (_, count, uptime, secs, nsecs, seq, etype, eid,
-         _sampling) = _V5_HDR.unpack_from(data, 0)
-        if len(data) < _V5_HDR.size + count * _V5_REC.size or count > 30:
-            raise DecodeError("v5 count %d, datagram %d" % (count, len(data)))
+        out, seq, engine = decode_v5(data)
         self.counters["v5_messages"] += 1
-        boot_ms = secs * 1000 + nsecs // 1_000_000 - uptime
-        out = []
-        for i in range(count):
-            vals = _V5_REC.unpack_from(data, _V5_HDR.size + i * _V5_REC.size)
-            rec = dict(zip(_V5_NAMES, vals))
-            for k in ("sourceIPv4Address", "destinationIPv4Address",
-                      "ipNextHopIPv4Address"):
-                rec[k] = str(ipaddress.IPv4Address(rec[k]))
-            export_ms = boot_ms + uptime
-            rec["flowStartMilliseconds"] = export_ms - _uptime_age(uptime, rec.pop("_first"))
-            rec["flowEndMilliseconds"] = export_ms - _uptime_age(uptime, rec.pop("_last"))
-            if rec["protocolIdentifier"] == 1:  # v5 carries ICMP type/code in dst port
-                rec["icmpTypeCodeIPv4"] = rec["destinationTransportPort"]
-            rec["ipVersion"] = 4
-            out.append(rec)
-        self._check_seq("v5", exporter, (etype << 8) | eid, seq, count, False)
+        self._check_seq("v5", exporter, engine, seq, len(out), False)
         return out
 
     # -- shared --------------------------------------------------------------
@@ -412,7 +271,7 @@ class MessageDecoder:
             if ms_key in rec:
                 continue
             if up is not None and "uptime_ms" in ctx:  # v9: header clock
-                rec[ms_key] = ctx["export_ms"] - _uptime_age(ctx["uptime_ms"], up)
+                rec[ms_key] = ctx["export_ms"] - uptime_age(ctx["uptime_ms"], up)
             elif up is not None:  # IPFIX: relative to systemInitTimeMilliseconds
                 init = rec.get("systemInitTimeMilliseconds", self._init_ms.get(
                     (proto, ctx["exporter"], ctx["domain"])))
@@ -483,15 +342,6 @@ class MessageDecoder:
         n = self._warned[key]
         if n & (n - 1) == 0:
             log.warning(event, exporter=_fmt_exporter(exporter), occurrences=n, **kw)
-
-
-def _uptime_age(uptime: int, stamp: int) -> int:
-    """How many ms before the header's sysUptime a first/last switched stamp
-    lies: a signed 32-bit difference, so a stamp from before a 32-bit uptime
-    wrap is in the past and a stamp a little after the header clock (an
-    exporter whose header clock is truncated to whole seconds) is not
-    mistaken for one 49.7 days old."""
-    return ((uptime - stamp + 0x80000000) & _U32) - 0x80000000
 
 
 def _fmt_exporter(exporter) -> str:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from .decode import IPFIX_VERSION, MessageDecoder
+from flowprobe.collector.decode import IPFIX_VERSION, MessageDecoder
 
 log = structlog.get_logger("flowprobe.collector")
 

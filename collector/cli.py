@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 
 import structlog
 
-from flowprobe.probe.errors import ExitCode
-
-from .collector import Collector
+from flowprobe.collector.server import Collector
+from flowprobe.errors import ExitCode
+from flowprobe.logs import configure_logging
 
 _TABLE_HEAD = "%-23s %-23s %-5s %-45s %-45s %10s %12s" % (
     "start", "end", "proto", "src", "dst", "packets", "octets")
@@ -56,7 +56,6 @@ def main(args) -> int:
         print("collect: give --listen URL and/or --file F.ipfix", file=sys.stderr)
         return ExitCode.CONFIG
     if not structlog.is_configured():
-        from ..probe.logs import configure_logging
         configure_logging()
     out = sys.stdout
     if args.format == "table":

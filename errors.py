@@ -1,5 +1,7 @@
 """Named exit codes and the exceptions that map to them.
 
+A base module: every package (probe/, driver/, exporters/, collector/) may
+import it; it imports only config/ (whose ConfigError maps to CONFIG).
 A supervisor halts instead of restarting a reader that exits with CONFIG or
 CAPTURE_SETUP: retrying cannot fix those.
 """
@@ -16,7 +18,8 @@ class ExitCode(enum.IntEnum):
     FAILURE = 1          # unexpected failure
     CONFIG = 2           # bad configuration or command line (argparse uses 2 too)
     CAPTURE_SETUP = 3    # ring / socket / interface could not be set up
-    EXPORT_SETUP = 4     # an export destination could not be opened
+    # 4 is not used: it meant "export setup failed", which never ends a process
+    # (an unreachable collector is a counter); not reused, so scripts keep meanings.
     INPUT = 5            # an input file is missing, unreadable or not a capture
     INTERRUPTED = 130    # SIGINT (128 + 2)
 
@@ -39,12 +42,6 @@ class CaptureSetupError(FlowprobeError):
     exit_code = ExitCode.CAPTURE_SETUP
 
 
-class ExportSetupError(FlowprobeError):
-    """An export destination could not be opened."""
-
-    exit_code = ExitCode.EXPORT_SETUP
-
-
 def exit_code_for(exc: BaseException) -> ExitCode:
     """The exit code a process should end with after ``exc``."""
     if isinstance(exc, ConfigError):
@@ -56,5 +53,5 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     return ExitCode.FAILURE
 
 
-__all__ = ["CaptureSetupError", "ConfigError", "ExitCode", "ExportSetupError",
-           "FlowprobeError", "InputError", "exit_code_for"]
+__all__ = ["CaptureSetupError", "ConfigError", "ExitCode", "FlowprobeError",
+           "InputError", "exit_code_for"]

@@ -1,13 +1,17 @@
 """structlog configuration: JSON lines to stderr, or the console renderer on a TTY.
 
-Configure once per process (and again in a child after fork) with
-``configure_logging(level, fmt)``; get loggers with ``get_logger(ring=..., iface=...)``.
-Events are snake_case facts with key/value data; never one line per packet.
+A base module that every package may import. Configure once per process
+(and again in a child after fork) with ``configure_logging(level, fmt)``;
+get loggers with ``get_logger(ring=..., iface=...)``. Processes that share
+stderr (the supervisor and its readers) pass ``stream=LineStream()`` so that
+each line reaches the fd in one write. Events are snake_case facts with
+key/value data; never one line per packet.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -57,4 +61,36 @@ def get_logger(**bind: Any) -> Any:
     return structlog.get_logger("flowprobe").bind(**bind)
 
 
-__all__ = ["LEVELS", "configure_logging", "get_logger"]
+class LineStream:
+    """A log stream whose lines reach the fd in one write() each.
+
+    The supervisor and every reader share stderr; print() (structlog's
+    PrintLogger) writes a line and its newline separately, so lines of two
+    processes could glue together. Whole lines up to PIPE_BUF are atomic."""
+
+    def __init__(self, fd: int = 2) -> None:
+        self.fd = fd
+        self._buf = ""
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        if "\n" in self._buf:
+            head, _, self._buf = self._buf.rpartition("\n")
+            data = (head + "\n").encode(errors="replace")
+            while data:
+                try:
+                    data = data[os.write(self.fd, data):]
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+
+__all__ = ["LEVELS", "LineStream", "configure_logging", "get_logger"]

@@ -1,0 +1,258 @@
+"""Flows for ntopng over ZeroMQ.
+
+ntopng reads flows from a ZeroMQ subscription, not NetFlow/IPFIX. A message
+is two frames: ntop's 24-byte ``zmq_msg_hdr_v1`` (a 16-byte NUL-padded
+topic such as ``flow`` or ``event``, a version byte: 3 for TLV, 2 for JSON,
+the source id, a 16-bit size and a message id in network order, by which
+ntopng counts lost messages per source), then the payload.
+
+- **Flows** (topic ``flow``) are nDPI TLV by default, encoded in C
+  (exporters/tlv.c) from one field list, ``FIELDS``, keyed by the NetFlow v9 /
+  nProbe element ids ntopng knows. TLV is what every ntopng edition reads
+  (community ntopng 6.x ignores JSON flows); JSON (``format: json``) is the
+  same fields as one JSON array of objects per message, optionally zlib
+  compressed, for collectors that want text. ntopng decompresses only JSON.
+- **Counters are deltas** (IN_BYTES/IN_PKTS): ntopng adds them up, which is
+  what an active-timeout record is. Times are packet times in Unix seconds
+  (FIRST_SWITCHED/LAST_SWITCHED), so a replayed capture keeps its dates.
+- **Events** (topic ``event``, JSON) carry the probe's totals and settings;
+  ntopng lists the probe among its exporters from them.
+
+The socket is an XPUB with ``XPUB_NODROP``: a message that would exceed the
+high-water mark fails at once instead of vanishing, and the subscriptions
+that reach the socket tell whether anyone listens. A message with no
+subscriber or over the high-water mark is not sent, and its records are
+counted with that reason; sending never blocks.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import zmq
+
+from flowprobe.exporters._encode import ffi, lib
+
+#: ntop's zmq_msg_hdr_v1 (ntopng include/ntop_typedefs.h): topic, version,
+#: source id, size (host order, informative), message id (network order).
+HEADER = struct.Struct("=16sBBH4s")
+VERSION_JSON, VERSION_TLV = 2, 3
+PAYLOAD_CAP = 1 << 16          # bytes per flow message, well under ntopng's buffer
+
+# nProbe / NetFlow v9 element ids (ntopng include/flow_fields... and RFC 3954)
+IN_BYTES, IN_PKTS, PROTOCOL, SRC_TOS, TCP_FLAGS = 1, 2, 4, 5, 6
+L4_SRC_PORT, IPV4_SRC_ADDR, INPUT_SNMP, L4_DST_PORT, IPV4_DST_ADDR = 7, 8, 10, 11, 12
+LAST_SWITCHED, FIRST_SWITCHED, IPV6_SRC_ADDR, IPV6_DST_ADDR = 21, 22, 27, 28
+IN_SRC_MAC, OUT_DST_MAC, SRC_VLAN, IP_PROTOCOL_VERSION = 56, 57, 58, 60
+EXPORTER_IPV4_ADDRESS = 130
+
+#: (key for IPv4 records, key for IPv6 records, record field, how it is written)
+FIELDS: tuple[tuple[int, int, int, int], ...] = (
+    (IP_PROTOCOL_VERSION, IP_PROTOCOL_VERSION, lib.ENC_F_IP_VERSION, lib.TLV_K_UINT),
+    (IPV4_SRC_ADDR, IPV6_SRC_ADDR, lib.ENC_F_SRC_ADDR4, lib.TLV_K_ADDR),
+    (IPV4_DST_ADDR, IPV6_DST_ADDR, lib.ENC_F_DST_ADDR4, lib.TLV_K_ADDR),
+    (L4_SRC_PORT, L4_SRC_PORT, lib.ENC_F_SRC_PORT, lib.TLV_K_UINT),
+    (L4_DST_PORT, L4_DST_PORT, lib.ENC_F_DST_PORT, lib.TLV_K_UINT),
+    (PROTOCOL, PROTOCOL, lib.ENC_F_PROTOCOL, lib.TLV_K_UINT),
+    (SRC_TOS, SRC_TOS, lib.ENC_F_TOS, lib.TLV_K_UINT),
+    (TCP_FLAGS, TCP_FLAGS, lib.ENC_F_TCP_FLAGS, lib.TLV_K_UINT),
+    (IN_BYTES, IN_BYTES, lib.ENC_F_OCTETS, lib.TLV_K_UINT),
+    (IN_PKTS, IN_PKTS, lib.ENC_F_PACKETS, lib.TLV_K_UINT),
+    (FIRST_SWITCHED, FIRST_SWITCHED, lib.ENC_F_START_MS, lib.TLV_K_EPOCH_S),
+    (LAST_SWITCHED, LAST_SWITCHED, lib.ENC_F_END_MS, lib.TLV_K_EPOCH_S),
+    (INPUT_SNMP, INPUT_SNMP, lib.ENC_F_IFINDEX, lib.TLV_K_UINT),
+    (SRC_VLAN, SRC_VLAN, lib.ENC_F_VLAN, lib.TLV_K_NONZERO),
+    (IN_SRC_MAC, IN_SRC_MAC, lib.ENC_F_SRC_MAC, lib.TLV_K_MAC),
+    (OUT_DST_MAC, OUT_DST_MAC, lib.ENC_F_DST_MAC, lib.TLV_K_MAC),
+)
+EXPORTER_FIELD = (EXPORTER_IPV4_ADDRESS, EXPORTER_IPV4_ADDRESS, lib.ENC_F_ZERO,
+                  lib.TLV_K_CONST_STR)
+
+#: reasons a message (and its records) is not sent
+NO_SUBSCRIBER, HWM_FULL = "no_subscriber", "hwm_full"
+
+
+class NtopngEncodeError(RuntimeError):
+    """The C encoder refused its arguments (a bug, not bad input)."""
+
+
+def header(topic: str, version: int, source_id: int, size: int, msg_id: int) -> bytes:
+    """The 24-byte zmq_msg_hdr_v1 ntopng expects before a payload."""
+    return HEADER.pack(topic.encode("ascii"), version, source_id, min(size, 0xFFFF),
+                       struct.pack("!I", msg_id & 0xFFFFFFFF))
+
+
+class TlvEncoder:
+    """Record arrays -> TLV flow payloads of at most ``records_per_message``
+    records (and PAYLOAD_CAP bytes) each, one C call per payload."""
+
+    def __init__(self, records_per_message: int = 32, exporter_address: str | None = None):
+        fields = FIELDS + ((EXPORTER_FIELD,) if exporter_address else ())
+        self._fields = ffi.new("struct tlv_field[]", [
+            {"key4": k4, "key6": k6, "field": f, "kind": kind} for k4, k6, f, kind in fields])
+        self._const = ffi.new("char[]", (exporter_address or "").encode("ascii"))
+        self._layout = ffi.new("struct tlv_layout *", {
+            "fields": self._fields, "nfields": len(fields),
+            "max_records": records_per_message, "const_str": self._const})
+        self._buf = ffi.new("uint8_t[]", PAYLOAD_CAP)
+        self._res = ffi.new("struct enc_result *")
+
+    def encode(self, records, n: int) -> list[tuple[bytes, int]]:
+        """Payloads for records[0..n) (a cdata ``struct ft_record[]`` or its
+        address): a list of (payload, records in it)."""
+        addr = records if isinstance(records, int) else int(ffi.cast("uintptr_t", records))
+        size = ffi.sizeof("struct ft_record")
+        out, done = [], 0
+        while done < n:
+            rc = lib.tlv_encode(self._layout, addr + done * size, n - done,
+                                self._buf, PAYLOAD_CAP, self._res)
+            if rc != 0:
+                raise NtopngEncodeError(f"tlv_encode: error {rc}")
+            out.append((bytes(ffi.buffer(self._buf, self._res.bytes)), self._res.consumed))
+            done += self._res.consumed
+        return out
+
+
+def tlv_to_objects(payload: bytes) -> list[dict[str, int | str]]:
+    """The records of a TLV payload as {"KEY": value} dicts (numeric keys as
+    strings, as nProbe's JSON has them). Only what TlvEncoder writes: numeric
+    keys, unsigned integers and strings."""
+    if payload[:2] != b"\x01\x01":
+        raise ValueError("not an nDPI TLV payload (version 1, format TLV)")
+    sizes = {2: 1, 3: 2, 4: 4, 5: 8}
+    records, cur, pos = [], {}, 2
+    while pos < len(payload):
+        kind = payload[pos]
+        pos += 1
+        if kind == 1:
+            records.append(cur)
+            cur = {}
+            continue
+        ktype, vtype = kind >> 4, kind & 15
+        klen = sizes[ktype]
+        key = int.from_bytes(payload[pos:pos + klen], "big")
+        pos += klen
+        if vtype == 11:
+            slen = int.from_bytes(payload[pos:pos + 2], "big")
+            value: int | str = payload[pos + 2:pos + 2 + slen].decode("ascii")
+            pos += 2 + slen
+        else:
+            value = int.from_bytes(payload[pos:pos + sizes[vtype]], "big")
+            pos += sizes[vtype]
+        cur[str(key)] = value
+    if cur:
+        raise ValueError("TLV payload ends inside a record")
+    return records
+
+
+class JsonEncoder(TlvEncoder):
+    """The same fields as TlvEncoder, as one JSON array per message (what
+    ntopng 5.x and licensed 6.x editions read), zlib-compressed on request
+    (a leading 0 byte, then the zlib stream, as nProbe sends it)."""
+
+    def __init__(self, records_per_message: int = 32, exporter_address: str | None = None,
+                 compress: bool = False):
+        super().__init__(records_per_message, exporter_address)
+        self.compress = compress
+
+    def encode(self, records, n: int) -> list[tuple[bytes, int]]:
+        out = []
+        for tlv, count in super().encode(records, n):
+            text = json.dumps(tlv_to_objects(tlv), separators=(",", ":")).encode()
+            out.append((b"\0" + zlib.compress(text) if self.compress else text, count))
+        return out
+
+
+@dataclass
+class ZmqCounters:
+    messages: int = 0
+    records_exported: int = 0
+    records_not_sent: dict[str, int] = field(default_factory=lambda: {NO_SUBSCRIBER: 0,
+                                                                      HWM_FULL: 0})
+    events: int = 0
+
+
+class ZmqTransport:
+    """An XPUB socket that binds (``zmq://HOST:PORT``: ntopng connects with
+    ``-i tcp://HOST:PORT``) or connects (``zmq+connect://HOST:PORT``: to an
+    ntopng that listens with ``-i "tcp://*:PORTc"``). Never blocks."""
+
+    def __init__(self, url: str, *, source_id: int = 0, hwm_messages: int = 1000,
+                 context: zmq.Context | None = None):
+        parts = urlsplit(url)
+        if parts.scheme not in ("zmq", "zmq+connect") or not parts.hostname or not parts.port:
+            raise ValueError(f"{url!r}: expected zmq://HOST:PORT or zmq+connect://HOST:PORT")
+        self.endpoint = f"tcp://{parts.hostname}:{parts.port}"
+        self.connect = parts.scheme == "zmq+connect"
+        self.source_id = source_id
+        self.counters = ZmqCounters()
+        self._ids: dict[str, int] = {}
+        self._topics: set[bytes] = set()   # subscription prefixes now held
+        self._ctx = context or zmq.Context.instance()
+        self.sock = self._ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.sock.setsockopt(zmq.SNDHWM, hwm_messages)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        (self.sock.connect if self.connect else self.sock.bind)(self.endpoint)
+
+    def _poll_subscriptions(self) -> None:
+        while True:
+            try:
+                msg = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self._topics.add(msg[1:])
+            elif msg[:1] == b"\x00":
+                self._topics.discard(msg[1:])
+
+    def subscribed(self, topic: str) -> bool:
+        """Whether some subscriber's prefix matches this topic's header."""
+        self._poll_subscriptions()
+        head = topic.encode("ascii")
+        return any(head.startswith(p) for p in self._topics)
+
+    def send(self, topic: str, version: int, payload: bytes) -> bool:
+        """One message; False (and nothing sent) without a subscriber or
+        when the high-water mark is reached."""
+        if not self.subscribed(topic):
+            return False
+        msg_id = self._ids.get(topic, 0) + 1
+        try:
+            self.sock.send_multipart(
+                [header(topic, version, self.source_id, len(payload), msg_id), payload],
+                zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self._ids[topic] = msg_id
+        return True
+
+    def send_flows(self, version: int, payloads: list[tuple[bytes, int]]) -> None:
+        """Flow payloads; every record is counted exported or not sent."""
+        c = self.counters
+        for payload, count in payloads:
+            if self.send("flow", version, payload):
+                c.messages += 1
+                c.records_exported += count
+            else:
+                reason = HWM_FULL if self.subscribed("flow") else NO_SUBSCRIBER
+                c.records_not_sent[reason] += count
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def event(*, now_s: int, probe_ip: str, version: str, iface: str, packets: int,
+          octets: int, drops: int, idle_timeout_s: float, active_timeout_s: float,
+          speed_mbps: int = 0) -> bytes:
+    """The JSON of an ``event`` message: what ntopng shows of a probe."""
+    return json.dumps({
+        "time": now_s, "bytes": octets, "packets": packets,
+        "iface": {"name": iface, "speed": speed_mbps},
+        "probe": {"ip": probe_ip, "version": f"flowprobe {version}"},
+        "timeout": {"lifetime": int(active_timeout_s), "idle": int(idle_timeout_s)},
+        "drops": {"export_queue_full": 0, "flow_collection_drops": drops},
+    }, separators=(",", ":")).encode()
