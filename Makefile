@@ -1,4 +1,4 @@
-# flowprobe: make deps | build | test | run | bench | bench-live | deb | clean
+# flowprobe: make deps | build | test | run | bench | bench-live | bench-flood | deb | clean
 # Works on a fresh Debian 12 machine as root (or with sudo).
 #
 # Debian packages go in with tools/apt-install.sh (no Recommends, no test
@@ -26,7 +26,7 @@ C_SOURCES := setup.py $(wildcard */*_build.py */*/*_build.py \
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: all deps apt-deps build test run bench bench-live deb clean distclean
+.PHONY: all deps apt-deps build test run bench bench-live bench-flood deb clean distclean
 
 all: build
 
@@ -63,6 +63,10 @@ bench: build
 
 bench-live: build
 	$(PY) bench/live.py
+
+# random-source UDP flood into `run --workers 2` and softflowd (README "Exporting")
+bench-flood: build
+	$(PY) bench/flood.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis bench/out bench/results

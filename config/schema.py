@@ -127,6 +127,7 @@ class ExportConfig:
     backoff_max_s: float = setting(30.0, min=0.1)
     rotate_bytes: int = setting(0, min=0)
     rotate_s: float = setting(0.0, min=0)
+    queue_bytes: int = setting(16 * MiB, min=64 * KiB, max=2**31)
 
     @property
     def scheme(self) -> str:

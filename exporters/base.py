@@ -78,6 +78,8 @@ class RecordEncoder:
     """
     header_len = 0
     name = "?"
+    # the sampling-rate options template, set when sampling 1:N (N > 1)
+    sampling_rate_tmpl = None
 
     def __init__(self, cfg: EncoderConfig):
         if cfg.mtu < MIN_MTU or cfg.mtu > MAX_MTU:

@@ -8,7 +8,7 @@ URL schemes (SCHEMES): ipfix:// (UDP), ipfix+tcp://, ipfix+file:///PATH,
 netflow9://, netflow5://. Options go in the query string or a config
 mapping: mtu, observation_domain, rate_msgs_s, template_refresh_messages,
 template_refresh_s, options_interval_s, max_buffer_bytes, backoff_max_s,
-close_timeout_s, rotate_bytes, rotate_s, sampling_interval, sampling_mode
+close_timeout_s, rotate_bytes, rotate_s, queue_bytes, sampling_interval, sampling_mode
 (deterministic|random), engine_id,
 engine_type, exporting_process_id.
 """
@@ -105,8 +105,12 @@ class Exporter:
         self.template_sends = 0
         self.options_sends = 0
         self.encode_errors = 0
+        self.records_handed = 0
         self.closed = False
+        self.extra_not_sent = None      # () -> records dropped before this exporter
+        self.queue_bytes = 0            # the pipeline's queue (0: default)
         self._transport_open = False
+        self._options_pending = False
         self.log = RateLimitedLog(structlog.get_logger("flowprobe.export").bind(exporter=name))
         transport.on_stream_start = self._stream_start
 
@@ -120,11 +124,17 @@ class Exporter:
         self.template_sends += 1
         now = time.monotonic()
         self.policy.stream_started(now)
+        # when sampling, options data (the rate) follow as soon as the
+        # exporter has control again: nfdump scales a flow only if it knew
+        # the rate when the flow arrived. Not otherwise: an options message
+        # after flow data is a sequence failure for nfdump (README).
+        self._options_pending = self.encoder.sampling_rate_tmpl is not None
         if head is not None and self.encoder.name == "ipfix":
             msg = msg[:8] + head[8:12] + msg[12:]
         return msg
 
     def _send_options(self, now: float) -> None:
+        self._options_pending = False
         msg = self.encoder.options_message(self._stats_for_options())
         if msg is not None:
             self.options_sends += 1
@@ -133,6 +143,8 @@ class Exporter:
 
     def _stats_for_options(self) -> dict:
         s = self.transport.stats()
+        if self.extra_not_sent is not None:      # the pipeline's queue drops
+            s["records_not_sent"] += self.extra_not_sent()
         s["ignored_packets"] = self._ignored_packets()
         return s
 
@@ -161,7 +173,7 @@ class Exporter:
                 self.template_sends += 1
                 self.transport.send(msg, 0)
                 self.policy.stream_started(now)
-        if self.policy.options_due(now):
+        if self._options_pending or self.policy.options_due(now):
             self._send_options(now)
 
     # -- data path -------------------------------------------------------------
@@ -178,10 +190,11 @@ class Exporter:
         """Called by the flow table with a `struct ft_record *` and a count."""
         if n <= 0:
             return
+        self.records_handed += n
         if self.closed:
             # Records reaching an exporter already closed (e.g. replaced by
             # a reload) are counted, never dropped silently.
-            self.transport.records_not_sent += n
+            self.transport.not_sent(n, "exporter_closed")
             return
         handed = 0
         skipped_before = self.encoder.records_not_exportable
@@ -190,6 +203,8 @@ class Exporter:
             if not self._transport_open:
                 self.encoder.clock.observe(address, n)
                 self._open_transport()
+            if self._options_pending:
+                self._send_options(time.monotonic())
             for msg, nrec in self.encoder.encode(address, n):
                 self.transport.send(msg, nrec)
                 handed += nrec
@@ -199,8 +214,9 @@ class Exporter:
         except Exception as e:  # never let an export bug stop the engine
             self.encode_errors += 1
             skipped = self.encoder.records_not_exportable - skipped_before
-            self.transport.records_not_sent += max(0, n - handed - skipped)
+            self.transport.not_sent(max(0, n - handed - skipped), "encoder_error")
             self.log.warning("export_encode_failed", error=str(e))
+        self.transport.push()
 
     def attach(self, table) -> None:
         """Take the engine's counters (ignored packets) from a FlowTable."""
@@ -216,6 +232,7 @@ class Exporter:
         if self._transport_open:
             self.transport.poll()
             self._maybe_refresh()
+            self.transport.push()
 
     def close(self) -> None:
         if self.closed:
@@ -231,9 +248,11 @@ class Exporter:
         return {
             "messages": t["messages"],
             "bytes": t["bytes"],
+            "records_handed": self.records_handed,
             "records_encoded": e.records_encoded,
             "records_exported": t["records_exported"],
             "records_not_sent": t["records_not_sent"],
+            "records_not_sent_by": t["records_not_sent_by"],
             "records_pending": t["records_pending"],
             "records_not_exportable": e.records_not_exportable,
             "records_clamped": e.records_clamped,
@@ -376,7 +395,9 @@ def build_exporter(item, engine_stats=None) -> Exporter:
                                   rotate_s=_num(o, "rotate_s", 0.0, float))
         policy = TemplatePolicy(options_every_s=_num(o, "options_interval_s", DEFAULT_OPTIONS_INTERVAL_S, float))
     name = o.get("name") or f"{enc_name}+{transport.describe()}"
-    return Exporter(name, encoder, transport, policy, engine_stats)
+    exporter = Exporter(name, encoder, transport, policy, engine_stats)
+    exporter.queue_bytes = _num(o, "queue_bytes", 0)
+    return exporter
 
 
 def build_exporters(urls_or_configs, engine_stats=None, open_now: bool = True) -> ExporterSet:

@@ -12,7 +12,7 @@ import struct
 from flowprobe.exporters import templates
 from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.base import EncoderConfig, RecordEncoder
-from flowprobe.exporters.options import options_records
+from flowprobe.exporters.options import options_records, options_templates
 
 IPFIX_HEADER = struct.Struct("!HHIII")
 SET_TEMPLATE = 2
@@ -31,6 +31,8 @@ class IpfixEncoder(RecordEncoder):
         super().__init__(cfg)
         self.templates = templates.ipfix_flow_templates()
         self.sampling_tmpl = templates.ipfix_sampling_template(cfg.sampling_mode)
+        self.sampling_rate_tmpl = (templates.ipfix_sampling_rate_template(cfg.sampling_mode)
+                                   if cfg.sampling_interval > 1 else None)
         self.stats_tmpl = templates.stats_template()
         t4, t6 = self.templates
         self._set_layout(t4.fields_cdata(ffi, lib), t6.fields_cdata(ffi, lib),
@@ -47,9 +49,10 @@ class IpfixEncoder(RecordEncoder):
         self._buf[:self.header_len] = self._header(total, nrecords)
 
     def template_message(self):
+        # one options template per set (options.py says why)
         body = (_set(SET_TEMPLATE, b"".join(t.ipfix_record() for t in self.templates))
-                + _set(SET_OPTIONS_TEMPLATE, self.sampling_tmpl.ipfix_record()
-                       + self.stats_tmpl.ipfix_record()))
+                + b"".join(_set(SET_OPTIONS_TEMPLATE, t.ipfix_record())
+                           for t in options_templates(self)))
         return self._header(self.header_len + len(body), 0) + body
 
     def options_message(self, stats: dict):

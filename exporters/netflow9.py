@@ -14,7 +14,7 @@ import struct
 from flowprobe.exporters import templates
 from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.base import EncoderConfig, RecordEncoder
-from flowprobe.exporters.options import options_records
+from flowprobe.exporters.options import options_records, options_templates
 
 V9_HEADER = struct.Struct("!HHIIII")
 SET_TEMPLATE = 0
@@ -34,6 +34,8 @@ class Netflow9Encoder(RecordEncoder):
         super().__init__(cfg)
         self.templates = templates.v9_flow_templates()
         self.sampling_tmpl = templates.v9_sampling_template()
+        self.sampling_rate_tmpl = (templates.v9_sampling_rate_template()
+                                   if cfg.sampling_interval > 1 else None)
         self.stats_tmpl = templates.stats_template()
         t4, t6 = self.templates
         self._set_layout(t4.fields_cdata(ffi, lib), t6.fields_cdata(ffi, lib),
@@ -55,9 +57,9 @@ class Netflow9Encoder(RecordEncoder):
 
     def template_message(self):
         body = _set(SET_TEMPLATE, b"".join(t.v9_record() for t in self.templates))
-        opts = _set(SET_OPTIONS_TEMPLATE,
-                    self.sampling_tmpl.v9_record() + self.stats_tmpl.v9_record())
-        return self._header(len(self.templates) + 2) + body + opts
+        # one options template per set (options.py says why)
+        opts = [_set(SET_OPTIONS_TEMPLATE, t.v9_record()) for t in options_templates(self)]
+        return self._header(len(self.templates) + len(opts)) + body + b"".join(opts)
 
     def options_message(self, stats: dict):
         sets = [_set(t.template_id, rec)

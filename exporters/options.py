@@ -6,11 +6,23 @@
   n-out-of-N) with samplingSize 1 / samplingPopulation N. The v9 equivalent
   is samplingInterval N with samplingAlgorithm 1 (deterministic) or 2
   (random), RFC 3954.
+- Sampling rate for collectors that scale (only when sampling 1:N, N > 1):
+  nfdump 1.7.1 ignores both layouts above (it wants no selectorAlgorithm in
+  IPFIX, no samplingAlgorithm in v9), so a second template (260,
+  templates.*_sampling_rate_template) carries the same rate in the layout
+  it reads: IPFIX samplingPacketInterval/Space (deterministic) or
+  samplingInterval (random) under the same selectorId, v9 samplingInterval
+  alone. pmacct's nfacctd reads either.
 - Statistics (RFC 7011 sections 4.1-4.3): exported messages, octets and flow
-  records, packets the engine ignored, flow records not sent.
+  records, packets the engine ignored, flow records not sent. Packets the
+  sampler did not select are not "ignored" (sampling is part of the
+  Metering Process, RFC 5474/5476; README, Exporting).
 
 The templates come from templates.py; values are packed here in template
-order, each field at its template length.
+order, each field at its template length. Each options template goes in a
+set of its own: nfdump 1.7.1 reads only the first options template of a
+set, and nfacctd 1.7.7 steps from one to the next with a v9 length
+formula, misses the second and logs the set as malformed.
 """
 from __future__ import annotations
 
@@ -49,6 +61,17 @@ def sampling_values(cfg, v9: bool) -> dict:
             "samplingPacketSpace": n - 1}
 
 
+def sampling_rate_values(cfg, v9: bool) -> dict:
+    n = max(1, cfg.sampling_interval)
+    if v9:
+        return {"exportingProcessId": cfg.exporting_process_id, "samplingInterval": n}
+    if cfg.sampling_mode == "random":
+        return {"selectorId": cfg.domain_id or 1, "samplingInterval": n}
+    return {"selectorId": cfg.domain_id or 1,
+            "samplingPacketInterval": 1,
+            "samplingPacketSpace": n - 1}
+
+
 def stats_values(cfg, stats: dict) -> dict:
     return {"exportingProcessId": cfg.exporting_process_id,
             "exportedMessageTotalCount": stats.get("messages", 0),
@@ -59,8 +82,17 @@ def stats_values(cfg, stats: dict) -> dict:
 
 
 def options_records(encoder, stats: dict, v9: bool) -> list:
-    """[(template, one data record)] for the sampling and statistics options."""
-    s = encoder.sampling_tmpl
-    t = encoder.stats_tmpl
-    return [(s, pack_values(s, sampling_values(encoder.cfg, v9))),
-            (t, pack_values(t, stats_values(encoder.cfg, stats)))]
+    """[(template, one data record)] for the sampling, sampling rate (when
+    sampling) and statistics options, in the order they go out."""
+    cfg = encoder.cfg
+    out = [(encoder.sampling_tmpl, sampling_values(cfg, v9))]
+    if encoder.sampling_rate_tmpl is not None:
+        out.append((encoder.sampling_rate_tmpl, sampling_rate_values(cfg, v9)))
+    out.append((encoder.stats_tmpl, stats_values(cfg, stats)))
+    return [(t, pack_values(t, values)) for t, values in out]
+
+
+def options_templates(encoder) -> list:
+    """The encoder's options templates, in the same order."""
+    return [t for t in (encoder.sampling_tmpl, encoder.sampling_rate_tmpl, encoder.stats_tmpl)
+            if t is not None]

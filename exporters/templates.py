@@ -26,6 +26,7 @@ TID_FLOW4 = 256
 TID_FLOW6 = 257
 TID_SAMPLING = 258
 TID_STATS = 259
+TID_SAMPLING_RATE = 260     # the sampling rate in the layout nfdump/nfacctd read
 
 # NetFlow v9 scope field type "System" (RFC 3954 section 6.1).
 V9_SCOPE_SYSTEM = 1
@@ -198,6 +199,32 @@ def v9_sampling_template() -> Template:
         field("exportingProcessId", "ZERO"),
         field("samplingInterval", "ZERO"),
         field("samplingAlgorithm", "ZERO"),
+    ), scope_count=1)
+
+
+def ipfix_sampling_rate_template(mode: str = "deterministic") -> Template:
+    """The sampling rate in a layout that nfdump 1.7.1 and pmacct 1.7.7 read,
+    sent beside the RFC 5476 report (which nfdump ignores: it takes an IPFIX
+    sampling options template only without selectorAlgorithm, and neither
+    collector reads samplingSize/Population). Scope selectorId (the same
+    selector as the report). Deterministic: samplingPacketInterval/Space,
+    i.e. the report without selectorAlgorithm; random: samplingInterval
+    (34, 1 in N; deprecated by IANA, but the only rate both collectors read
+    that does not claim systematic sampling)."""
+    params = (("samplingInterval",) if mode == "random"
+              else ("samplingPacketInterval", "samplingPacketSpace"))
+    return Template(TID_SAMPLING_RATE, (
+        field("selectorId", "ZERO"),
+        *(field(name, "ZERO") for name in params),
+    ), scope_count=1)
+
+
+def v9_sampling_rate_template() -> Template:
+    """v9 SAMPLING_INTERVAL (34) alone, scope System: nfdump 1.7.1 takes a
+    v9 sampling options template only when it has 34 without 35."""
+    return Template(TID_SAMPLING_RATE, (
+        field("exportingProcessId", "ZERO"),
+        field("samplingInterval", "ZERO"),
     ), scope_count=1)
 
 

@@ -35,6 +35,7 @@ def _families(doc: dict):
         "expired": CounterMetricFamily("flowprobe_flows_expired", "Flows expired, by reason", labels=labels + ["reason"]),
         "exported": CounterMetricFamily("flowprobe_records_exported", "Flow records exported", labels=labels + ["exporter"]),
         "failed": CounterMetricFamily("flowprobe_records_failed", "Flow records not exported", labels=labels + ["exporter"]),
+        "not_sent": CounterMetricFamily("flowprobe_records_not_sent", "Flow records not sent, by reason", labels=labels + ["exporter", "reason"]),
         "restarts": CounterMetricFamily("flowprobe_reader_restarts", "Reader restarts", labels=labels),
         "lost_flows": CounterMetricFamily("flowprobe_lost_flows", "Flows lost with dead readers", labels=labels),
         "lost_packets": CounterMetricFamily("flowprobe_lost_packets", "Packets lost with dead readers", labels=labels),
@@ -58,6 +59,8 @@ def _families(doc: dict):
         for name, e in c["exporters"].items():
             fam["exported"].add_metric(lv + [name], e["records_exported"])
             fam["failed"].add_metric(lv + [name], e["records_failed"])
+            for reason, v in (e.get("not_sent_by") or {}).items():
+                fam["not_sent"].add_metric(lv + [name, reason], v)
         fam["restarts"].add_metric(lv, r.get("restarts", 0))
         fam["lost_flows"].add_metric(lv, r.get("lost", {}).get("flows", 0))
         fam["lost_packets"].add_metric(lv, r.get("lost", {}).get("packets", 0))

@@ -21,13 +21,15 @@ import math
 import os
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from flowprobe.config import ConfigError
 from flowprobe.driver.afpacket import RingError
 from flowprobe.driver.capture import CaptureRing, linktype_of, open_ring
 from flowprobe.exporters.exporter import ExportConfigError, build_exporters
 from flowprobe.errors import ExitCode
+from flowprobe.exporters.pipeline import ExportPipeline
+from flowprobe.exporters.transports.udp import DEFAULT_RATE_MSGS_S
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
 from flowprobe.logs import get_logger
 
@@ -56,32 +58,38 @@ def per_reader_url(url: str, index: int) -> str:
     return f"{parts.scheme}://{path}" + (f"?{parts.query}" if parts.query else "")
 
 
-def export_items(cfg, export_urls: list[str], index: int) -> list[dict]:
+def export_items(cfg, export_urls: list[str], index: int, readers: int = 1) -> list[dict]:
     """Exporter options for reader ``index``: each destination gets the
     observation domain / source id ``base + index`` so that a collector sees
     one exporter per reader (own sequence numbers and templates), and file
-    destinations a file of their own (per_reader_url)."""
+    destinations a file of their own (per_reader_url). ``rate_msgs_s`` is
+    the probe's rate to a destination: each of ``readers`` paces at its
+    share, so that together they never exceed it."""
     sampling = {"sampling_interval": cfg.capture.sampling_rate,
                 "sampling_mode": cfg.capture.sampling_mode}
+    share = max(1, readers)
     items = []
     for e in cfg.export:
         item = dataclasses.asdict(e)
         item["url"] = per_reader_url(e.url, index)
         item["observation_domain"] = (e.observation_domain + index) & 0xFFFFFFFF
+        item["rate_msgs_s"] = e.rate_msgs_s / share
         items.append({**item, **sampling})
     for url in export_urls:
-        items.append({"url": per_reader_url(url, index),
+        rate = dict(parse_qsl(urlsplit(url).query)).get("rate_msgs_s", DEFAULT_RATE_MSGS_S)
+        items.append({"url": per_reader_url(url, index), "rate_msgs_s": float(rate) / share,
                       "observation_domain": 1 + index, **sampling})
     return items
 
 
 def build_exporter_set(items: list[dict]):
-    """An ExporterSet, or None without destinations; config problems
-    become ConfigError (exit 2)."""
+    """The exporters behind their queues and sender threads (an
+    ExportPipeline: the capture loop never waits on export), or None without
+    destinations; config problems become ConfigError (exit 2)."""
     if not items:
         return None
     try:
-        return build_exporters(items)
+        return ExportPipeline(build_exporters(items))
     except ExportConfigError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -118,8 +126,9 @@ class Reader:
 
     def __init__(self, cfg, iface: str, *, index: int = 0, worker: int | None = None,
                  export_urls: list[str] = (), json_out: bool = False,
-                 fanout_group: int = 0, log: Any = None) -> None:
+                 fanout_group: int = 0, log: Any = None, readers: int = 1) -> None:
         self.cfg = cfg
+        self.readers = readers
         self.iface = iface
         self.index = index
         self.export_urls = list(export_urls)
@@ -132,7 +141,7 @@ class Reader:
         self.ring: CaptureRing = open_ring(cfg, iface, index if worker is None else worker, fanout_group)
         self._ring_error = _ring_error_type()
         self.json_sink = LineWriter(1) if json_out else None
-        self.exporters = build_exporter_set(export_items(cfg, self.export_urls, index))
+        self.exporters = build_exporter_set(export_items(cfg, self.export_urls, index, readers))
         self.retired: dict[str, dict] = {}      # stats of exporters replaced by reload
         self.table = FlowTable(cfg.flow, self._sink, ifindex=self.ring.ifindex)
         if self.exporters is not None:
@@ -161,6 +170,12 @@ class Reader:
                 total += n
             if self.ring.release_block():
                 return total
+
+    @property
+    def drain_timeout_s(self) -> float:
+        """How long the exporters may drain their queues at shutdown: half
+        the supervisor's grace, so the reader still exits in time."""
+        return self.cfg.supervisor.graceful_timeout_s / 2
 
     def housekeeping(self, now_ns: int) -> None:
         self.table.expire(now_ns)
@@ -199,11 +214,13 @@ class Reader:
         """Drain what the ring already holds, end every flow, export, close."""
         while self.read_block(0):
             pass
+        if self.exporters is not None:     # the ring is done: sink() may wait now
+            self.exporters.begin_drain(self.drain_timeout_s)
         self.table.expire(time.time_ns())
         self.table.flush()
         self.table.expire(0)
         if self.exporters is not None:
-            self.exporters.close()
+            self.exporters.close(self.drain_timeout_s)
         stats = self.final_stats = self.stats()
         self.ring.close()
         self.log.info("reader_stopped", **stats)
@@ -220,8 +237,8 @@ class Reader:
         if cfg.flow != self.cfg.flow:
             self.table.set_timeouts(cfg.flow)
             changed.append("flow")
-        items = export_items(cfg, self.export_urls, self.index)
-        if items != export_items(self.cfg, self.export_urls, self.index):
+        items = export_items(cfg, self.export_urls, self.index, self.readers)
+        if items != export_items(self.cfg, self.export_urls, self.index, self.readers):
             self.swap_exporters(build_exporter_set(items))
             changed.append("export")
         self.cfg = cfg
@@ -233,7 +250,7 @@ class Reader:
         self.table.expire(time.time_ns())
         old, self.exporters = self.exporters, None
         if old is not None:
-            old.close()
+            old.close(self.drain_timeout_s)
             for name, st in old.stats().items():
                 prev = self.retired.get(name)
                 self.retired[name] = st if prev is None else _add(prev, st)

@@ -59,6 +59,7 @@ class ReaderOptions:
     restrict_caps: bool = False          # not root: keep only the needed capabilities
     stats_interval_s: float = 30.0
     sequences: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    readers: int = 1                     # how many share each destination's pacing
 
 
 @dataclass
@@ -254,7 +255,8 @@ class ReaderChild:
         reader = Reader(self.cfg, self.spec.iface, index=self.spec.index,
                         worker=self.spec.worker, export_urls=list(self.options.export_urls),
                         json_out=self.options.json_out,
-                        fanout_group=self.spec.fanout_group, log=self.log)
+                        fanout_group=self.spec.fanout_group, log=self.log,
+                        readers=self.options.readers)
         if self.options.restrict_caps:   # the ring is open: keep what running needs
             privdrop.restrict(privdrop.RUN_CAPS)
         return reader

@@ -60,7 +60,10 @@ def counters(snap: dict | None) -> dict:
                    "records_failed": st.get("records_not_sent", 0)
                    + st.get("records_not_exportable", 0),
                    "messages": st.get("messages", 0),
-                   "send_errors": st.get("send_errors", 0)}
+                   "send_errors": st.get("send_errors", 0),
+                   "records_handed": st.get("records_handed", 0),
+                   "records_pending": st.get("records_pending", 0),
+                   "not_sent_by": dict(st.get("records_not_sent_by", {}))}
             prev = out["exporters"].get(name)
             out["exporters"][name] = one if prev is None else add(prev, one)
     return out
@@ -305,7 +308,8 @@ def render(doc: dict) -> str:
     for name, e in tot["exporters"].items():
         out.append(f"exporter {name}: records exported {e['records_exported']}, "
                    f"failed {e['records_failed']}, messages {e['messages']}, "
-                   f"send errors {e['send_errors']}\n")
+                   f"send errors {e['send_errors']}, queued {e.get('records_pending', 0)}; "
+                   f"not sent by reason: {json.dumps(e.get('not_sent_by') or {})}\n")
     lost = doc.get("lost", {})
     out.append(f"restarts {doc.get('restarts', 0)}; lost with dead readers: "
                f"flows {lost.get('flows', 0)}, packets {lost.get('packets', 0)}\n")

@@ -220,7 +220,7 @@ class Supervisor:
                                 json_out=self.json_out,
                                 restrict_caps=bool(self.user) or os.geteuid() != 0,
                                 stats_interval_s=self.cfg.supervisor.stats_interval_s,
-                                sequences=r.sequences)
+                                sequences=r.sequences, readers=len(self.readers))
         r.restart_at = None
         pid = r.spawn(self.cfg, self.generation, slot, options, self.inherited_fds())
         self.log.info("reader_spawned", ring=r.spec.index, iface=r.spec.iface,

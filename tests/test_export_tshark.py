@@ -58,18 +58,20 @@ def test_replay_export_decodes_cleanly_in_tshark(scheme, capture, tmp_path):
     check_tshark(pcap, rec.port, len(datagrams))
 
 
-# (tshark field, value) per sampling options record, rate 4
+# (tshark field, values per options message) at rate 4: the RFC report
+# (258) and the sampling rate template for nfdump/nfacctd (260)
 SAMPLING_FIELDS = {
-    ("ipfix", "deterministic"): [("cflow.selector_algorithm", "1"),
-                                 ("cflow.sampling_packet_interval", "1"),
-                                 ("cflow.sampling_packet_space", "3")],
-    ("ipfix", "random"): [("cflow.selector_algorithm", "3"),
-                          ("cflow.sampling_size", "1"),
-                          ("cflow.sampling_population", "4")],
-    ("netflow9", "deterministic"): [("cflow.sampling_interval", "4"),
-                                    ("cflow.sampling_algorithm", "1")],
-    ("netflow9", "random"): [("cflow.sampling_interval", "4"),
-                             ("cflow.sampling_algorithm", "2")],
+    ("ipfix", "deterministic"): [("cflow.selector_algorithm", ["1"]),
+                                 ("cflow.sampling_packet_interval", ["1", "1"]),
+                                 ("cflow.sampling_packet_space", ["3", "3"])],
+    ("ipfix", "random"): [("cflow.selector_algorithm", ["3"]),
+                          ("cflow.sampling_size", ["1"]),
+                          ("cflow.sampling_population", ["4"]),
+                          ("cflow.sampling_interval", ["4"])],
+    ("netflow9", "deterministic"): [("cflow.sampling_interval", ["4", "4"]),
+                                    ("cflow.sampling_algorithm", ["1"])],
+    ("netflow9", "random"): [("cflow.sampling_interval", ["4", "4"]),
+                             ("cflow.sampling_algorithm", ["2"])],
 }
 
 
@@ -106,8 +108,8 @@ def test_options_between_data_are_decoded_and_counted(scheme, mode, capture, tmp
     pcap = tmp_path / f"{scheme}-options.pcap"
     write_pcap(pcap, datagrams, rec.port)
     check_tshark(pcap, rec.port, len(datagrams))
-    for field, value in SAMPLING_FIELDS[scheme, mode]:
-        assert field_values(pcap, rec.port, field) == [value] * st["options_sends"], field
+    for field, values in SAMPLING_FIELDS[scheme, mode]:
+        assert field_values(pcap, rec.port, field) == values * st["options_sends"], field
 
 
 @pytest.mark.parametrize("name", ["ipfix", "netflow9", "netflow5"])

@@ -37,27 +37,57 @@ mirror=$(sed -n 's/^URIs:[[:space:]]*\(\S*\/debian\)\/\?$/\1/p; s/^deb[[:space:]
     /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -n1) || true
 mirror=${mirror:-http://deb.debian.org/debian}
 
-mounts=()
-cleanup() {
-    for ((i=${#mounts[@]}-1; i>=0; i--)); do umount -l "${mounts[i]}" 2>/dev/null || true; done
-    # namespaces the tests left behind would pin the private /run
-    [ "$keep" -eq 1 ] || rm -rf --one-file-system "$root"
+# Everything mounted at or below the root, deepest first (the tests inside
+# may leave mounts of their own, e.g. a nested debootstrap's /proc).
+mounts_below() {
+    awk -v r="$root" '$5 == r || index($5, r "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r
 }
-trap cleanup EXIT
+unmount_all() {
+    local m
+    for m in $(mounts_below); do umount -l "$m" 2>/dev/null || true; done
+}
+remove_root() {   # never while anything is mounted below it
+    unmount_all
+    if [ -n "$(mounts_below)" ]; then
+        echo "fresh-clone-check: still mounted under $root, not removing it:" $(mounts_below) >&2
+        return 1
+    fi
+    rm -rf --one-file-system "$root"
+}
+cleanup() {
+    if [ "$keep" -eq 1 ]; then unmount_all; else remove_root || true; fi
+}
 bind() {   # bind SRC DEST [ro]
     mkdir -p "$2"
-    mount --rbind "$1" "$2"; mount --make-rslave "$2"; mounts+=("$2")
+    mount --rbind "$1" "$2"; mount --make-rslave "$2"
     [ "${3:-}" != ro ] || mount -o remount,bind,ro "$2"
 }
 
+in_root() {   # in_root LOG COMMAND...: run in the fresh root as a new root login would
+    local log=$1; shift
+    local start=$SECONDS rc=0
+    chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        PIP_DEFAULT_TIMEOUT=180 ${PIP_FIND_LINKS:+PIP_FIND_LINKS=$PIP_FIND_LINKS} \
+        "$@" > "$work/$log" 2>&1 < /dev/null || rc=$?
+    echo "   exit $rc after $((SECONDS - start)) s (log: $work/$log)"
+    grep -E '^(=+ )?[0-9]+ (passed|failed)|^corpus:|passed|failed|error' "$work/$log" | tail -n 4 | sed 's/^/   /'
+    return $rc
+}
+
+main() {
 mkdir -p "$work"
-rm -rf --one-file-system "$root"
+exec 9> "$work/.lock"
+flock -n 9 || { echo "fresh-clone-check: another run holds $work" >&2; exit 2; }
+trap cleanup EXIT
+remove_root
 echo "== debootstrap $release from $mirror"
 debootstrap --variant=minbase --include=ca-certificates,make "$release" "$root" "$mirror" \
     > "$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log"; exit 1; }
 
 # the host's registry settings, nothing else
 cp -a /etc/apt/sources.list.d/. "$root/etc/apt/sources.list.d/" 2>/dev/null || true
+rm -f "$root/etc/apt/sources.list"   # debootstrap's; the host's lists replace it
 [ -f /etc/apt/sources.list ] && cp /etc/apt/sources.list "$root/etc/apt/sources.list"
 cp -a /etc/apt/apt.conf.d/. "$root/etc/apt/apt.conf.d/" 2>/dev/null || true
 [ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
@@ -77,25 +107,13 @@ chmod 700 "$root/root"
 git clone -q --no-local "$repo" "$root/root/flowprobe"
 
 # `ip netns exec` remounts / as a slave: / must be a mount point in the root
-mount --bind "$root" "$root"; mounts+=("$root")
+mount --bind "$root" "$root"
 bind /proc "$root/proc"
 bind /sys "$root/sys"
 bind /dev "$root/dev"
-mkdir -p "$root/run"; mount -t tmpfs -o mode=0755 tmpfs "$root/run"; mounts+=("$root/run")
+mkdir -p "$root/run"; mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 mkdir -p "$root/run/netns"
 if [ -n "$corpus" ]; then bind "$corpus" "$root/srv/corpus" ro; fi
-
-in_root() {   # in_root LOG COMMAND...: run in the fresh root as a new root login would
-    local log=$1; shift
-    local start=$SECONDS rc=0
-    chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        PIP_DEFAULT_TIMEOUT=180 ${PIP_FIND_LINKS:+PIP_FIND_LINKS=$PIP_FIND_LINKS} \
-        "$@" > "$work/$log" 2>&1 < /dev/null || rc=$?
-    echo "   exit $rc after $((SECONDS - start)) s (log: $work/$log)"
-    grep -E '^(=+ )?[0-9]+ (passed|failed)|^corpus:|passed|failed|error' "$work/$log" | tail -n 4 | sed 's/^/   /'
-    return $rc
-}
 
 status=0
 echo "== make run"
@@ -107,3 +125,7 @@ if [ -n "$corpus" ]; then
     in_root make-test-corpus.log sh -c 'cd /root/flowprobe && FLOWPROBE_CORPUS=/srv/corpus make test' || status=1
 fi
 exit $status
+}
+
+# the whole file is read before anything runs: editing it mid-run is safe
+main "$@"

@@ -4,11 +4,22 @@ Every file opens with the template message, so each file decodes alone.
 Rotation: when rotate_bytes or rotate_s (wall clock) is set, output goes to
 PATH.000001, PATH.000002, ... (a new file before a message would cross
 rotate_bytes, or once rotate_s has passed); without rotation, to PATH.
-Files are written to NAME.part and renamed when complete, so a reader never
-sees a half-written file under its final name.
+Files are written to NAME.part and renamed when complete (rotation or
+close), so a reader never sees a half-written file under its final name.
+
+Whole messages only: each message is one write() at a known offset; when a
+write fails part-way (ENOSPC, EDQUOT, EIO), the file is cut back to the end
+of the last whole message (ftruncate), so it always decodes to its last
+message, and the message's records are not sent (`disk_full`, or
+`file_error`). The next message tries again. A file that could not be
+created (unwritable directory) counts its records as `file_error`; the
+next rotation (or the next message without rotation) tries to create it
+again. At close the file is renamed to its final name even after such
+errors: it is whole.
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -39,7 +50,10 @@ class FileTransport(Transport):
 
     def open(self):
         d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as e:
+            self.log.warning("export_file_dir_failed", path=d, error=str(e))
         self._new_file()
 
     def _new_file(self):
@@ -50,7 +64,7 @@ class FileTransport(Transport):
         else:
             self.cur = self.path
         try:
-            self.fh = open(self.cur + ".part", "wb")
+            self.fh = open(self.cur + ".part", "wb", buffering=0)
         except OSError as e:
             self.fh = None
             self.send_errors += 1
@@ -62,6 +76,13 @@ class FileTransport(Transport):
         start = self._stream_start_message(None)
         if start:
             self._write(start, 0)
+            if self.file_bytes == 0:    # no templates: the file could not decode
+                self.fh.close()
+                self.fh = None
+                try:
+                    os.unlink(self.cur + ".part")
+                except OSError:
+                    pass
 
     def _finish_file(self):
         if self.fh is None:
@@ -76,20 +97,34 @@ class FileTransport(Transport):
         self.fh = None
 
     def _write(self, message, nrecords):
+        if self.fh is None and self.cur is not None and nrecords:
+            self._new_file()            # retry creating it
         if self.fh is None:
-            self.records_not_sent += nrecords
+            self.not_sent(nrecords, "file_error")
             return
+        view = memoryview(message)
         try:
-            self.fh.write(message)
+            while view:
+                view = view[self.fh.write(view):]
         except OSError as e:
             self.send_errors += 1
-            self.records_not_sent += nrecords
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            self.not_sent(nrecords, "disk_full" if full else "file_error")
+            self._cut_back()
             self.log.warning("export_file_write_failed", path=self.cur, error=str(e))
             return
         self.file_bytes += len(message)
         self.messages_sent += 1
         self.bytes_sent += len(message)
         self.records_sent += nrecords
+
+    def _cut_back(self) -> None:
+        """Remove a partial message: the file ends at its last whole one."""
+        try:
+            os.ftruncate(self.fh.fileno(), self.file_bytes)
+            self.fh.seek(self.file_bytes)
+        except OSError as e:
+            self.log.warning("export_file_truncate_failed", path=self.cur, error=str(e))
 
     def send(self, message, nrecords):
         if self.rotating and self.file_bytes > 0 and (

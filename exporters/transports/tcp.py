@@ -11,21 +11,27 @@
   back at the head of the buffer and resent on the next connection. Data the
   peer's kernel acknowledged but its process never read (a collector killed
   with a full receive buffer) cannot be known to the sender: TCP's limit.
+- Accounting at close: after the bounded flush, the write side is shut
+  down and the transport waits (within the same bound) until the peer has
+  acknowledged every byte. Messages acknowledged are exported; what is
+  still buffered or unacknowledged is not sent (`connection_lost`), and
+  then the connection is reset (SO_LINGER 0), not closed, so the kernel
+  does not deliver it afterwards.
 """
 from __future__ import annotations
 
 import collections
 import errno
-import fcntl
 import select
 import socket
 import struct
-import termios
 import time
 
 from flowprobe.exporters.transports import Transport
 
 DOWN, CONNECTING, UP = "down", "connecting", "up"
+TCP_INFO_LEN = 232
+TCPI_BYTES_ACKED = 120     # offsetof(struct tcp_info, tcpi_bytes_acked), Linux >= 4.1
 
 
 class TcpTransport(Transport):
@@ -47,6 +53,8 @@ class TcpTransport(Transport):
         self.head_off = 0                  # bytes of queue[0] already written
         self.inflight = collections.deque()  # written, maybe not acknowledged
         self.inflight_bytes = 0
+        self.inflight_records = 0
+        self.conn_written = 0              # bytes written on this connection
         self._backoff = backoff_min_s
         self._next_attempt = 0.0
         self.connects = 0
@@ -62,7 +70,7 @@ class TcpTransport(Transport):
 
     def send(self, message, nrecords):
         if self.queued_bytes + len(message) > self.max_buffer:
-            self.records_not_sent += nrecords
+            self.not_sent(nrecords, "buffer_full")
             self.log.warning("export_buffer_full", buffered_bytes=self.queued_bytes,
                              state=self.state)
         else:
@@ -85,22 +93,38 @@ class TcpTransport(Transport):
                 time.sleep(0.01)
 
     def close(self):
+        end = time.monotonic() + self.close_timeout
         self.flush(self.close_timeout)
-        self.records_not_sent += self.queued_records + sum(n for _, n in self.inflight
-                                                           if self.state != UP)
-        self.queue.clear()
-        self.queued_bytes = self.queued_records = 0
-        if self.sock is not None:
+        if self.sock is not None and self.state == UP:
             try:
                 self.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+            # credit what the peer acknowledges, within the same bound
+            while self.inflight and time.monotonic() < end:
+                unacked = self._unacked()
+                self._trim_inflight(unacked)
+                if not unacked:
+                    break
+                time.sleep(0.005)
+            self._trim_inflight(self._unacked())
+            if self.inflight:
+                # Out of time: reset rather than close, so the kernel does
+                # not deliver later what is counted here as not sent.
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
+        self.not_sent(self.queued_records + self.inflight_records, "connection_lost")
+        self.queue.clear()
+        self.inflight.clear()
+        self.queued_bytes = self.queued_records = self.inflight_bytes = 0
+        self.inflight_records = 0
+        if self.sock is not None:
             self.sock.close()
             self.sock = None
         self.state = DOWN
 
     def pending_records(self):
-        return self.queued_records
+        return self.queued_records + self.inflight_records
 
     def stats(self):
         d = super().stats()
@@ -111,18 +135,24 @@ class TcpTransport(Transport):
 
     # -- internals ----------------------------------------------------------
     def _unacked(self) -> int:
+        """Bytes written on this connection that the peer has not
+        acknowledged: TCP_INFO's bytes_acked (it survives a reset, unlike
+        SIOCOUTQ, whose queue a RST purges)."""
         if self.sock is None or self.state != UP:
             return 0
         try:
-            buf = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-            return struct.unpack("i", buf)[0]
-        except OSError:
-            return 0
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+            acked = struct.unpack_from("Q", info, TCPI_BYTES_ACKED)[0] - 1   # the SYN
+        except (OSError, struct.error):
+            return self.inflight_bytes
+        return max(0, self.conn_written - max(0, acked))
 
     def _trim_inflight(self, unacked: int) -> None:
+        unacked = max(0, unacked - self.head_off)   # the head's partial write
         while self.inflight and self.inflight_bytes - len(self.inflight[0][0]) >= unacked:
             msg, n = self.inflight.popleft()
             self.inflight_bytes -= len(msg)
+            self.inflight_records -= n
             self.records_sent += n
 
     def _connect(self):
@@ -151,6 +181,7 @@ class TcpTransport(Transport):
         self.streams_started += 1
         self._backoff = self.backoff_min
         self.head_off = 0
+        self.conn_written = 0
         head = self.queue[0][0] if self.queue else None
         start = self._stream_start_message(head)
         if start:
@@ -160,19 +191,13 @@ class TcpTransport(Transport):
 
     def _fail(self, err: OSError):
         """Connection lost: requeue what the peer did not acknowledge."""
-        unacked = 0
-        if self.state == UP and self.sock is not None:
-            try:
-                buf = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-                unacked = struct.unpack("i", buf)[0]
-            except OSError:
-                unacked = self.inflight_bytes
-        self._trim_inflight(unacked)
+        self._trim_inflight(self._unacked())
         # head message partially written on the old connection: resend whole
         self.head_off = 0
         while self.inflight:
             msg, n = self.inflight.pop()
             self.inflight_bytes -= len(msg)
+            self.inflight_records -= n
             if n == 0:
                 continue          # template message: the new stream gets fresh ones
             self.queue.appendleft([msg, n])
@@ -221,6 +246,7 @@ class TcpTransport(Transport):
                 sent = self.sock.send(memoryview(msg)[self.head_off:])
                 self.head_off += sent
                 self.bytes_sent += sent
+                self.conn_written += sent
                 if self.head_off < len(msg):
                     break
                 self.queue.popleft()
@@ -230,6 +256,7 @@ class TcpTransport(Transport):
                 self.messages_sent += 1
                 self.inflight.append((msg, n))
                 self.inflight_bytes += len(msg)
+                self.inflight_records += n
         except BlockingIOError:
             pass
         except OSError as e:

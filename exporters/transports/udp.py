@@ -1,26 +1,47 @@
-"""UDP transport, paced.
+"""UDP transport, paced, batched.
 
 Pacing: a token bucket of `rate_msgs_s` messages per second with a small
-burst; send() sleeps when the bucket is empty. Unpaced, a replay produces
-messages far faster than a collector on the same host drains its socket
-(nfcapd's default receive buffer holds ~100 datagrams of 1400 bytes), and the
-kernel drops what does not fit. The default was measured against nfcapd on
-this machine: replaying 104k flows (7k messages) to nfcapd 1.7.1 with its
-default 208 KiB buffer lost datagrams at 10k-20k msgs/s in 4 of 6 runs and
-none at 5k-7k in 7 runs; 5000 msgs/s is ~75k IPFIX records/s. The sleep
-bounds export to about rate_msgs_s x records per message: raise rate_msgs_s
-for a remote collector with a large receive buffer.
+burst; the sender sleeps when the bucket is empty. Under `flowprobe run` the
+sender is the export thread (exporters/pipeline.py), never the capture loop.
+Unpaced, a replay produces messages far faster than a collector on the same
+host drains its socket (nfcapd's default receive buffer holds ~100
+datagrams of 1400 bytes), and the kernel drops what does not fit. The
+default was measured against nfcapd on this machine: replaying 104k flows
+(7k messages) to nfcapd 1.7.1 with its default 208 KiB buffer lost
+datagrams at 10k-20k msgs/s in 4 of 6 runs and none at 5k-7k in 7 runs;
+5000 msgs/s is ~75k IPFIX records/s. Raise rate_msgs_s for a remote
+collector with a large receive buffer.
+
+Batching: messages of one export batch go out in sendmmsg() calls (C,
+exporters/udpsend.c), as many as the bucket allows at a time.
+
+Refusals: a datagram to a port nobody listens on comes back as ICMP port
+unreachable. With IP_RECVERR each one lands in the socket's error queue
+with the start of the refused datagram; the transport keeps the header of
+the last REFUSAL_MEMORY datagrams sent with their record counts, so a
+refused datagram moves its records from exported to not sent
+(`collector_refused`). This is exact where every datagram gets its ICMP
+(loopback); a router may rate-limit ICMP, and a silent loss is never seen.
 """
 from __future__ import annotations
 
+import collections
 import errno
+import os
 import socket
 import time
 
+from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.transports import Transport
 
 DEFAULT_RATE_MSGS_S = 5000
 DEFAULT_BURST = 16
+BATCH_MAX = 64            # messages held before a sendmmsg()
+REFUSAL_MEMORY = 4096     # datagrams whose header is kept to credit a refusal
+KEY_BYTES = 24            # header bytes that identify a datagram
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+MSG_ERRQUEUE = 0x2000
 
 
 class UdpTransport(Transport):
@@ -36,7 +57,12 @@ class UdpTransport(Transport):
         self.sock = None
         self._tokens = float(self.burst)
         self._last = time.monotonic()
+        self._batch: list[bytes] = []
+        self._batch_records: list[int] = []
+        self._recent: collections.OrderedDict = collections.OrderedDict()
+        self._err = ffi.new("int *")
         self.pace_sleeps = 0
+        self.send_calls = 0
         self.collector_unreachable = 0
 
     def describe(self):
@@ -48,6 +74,13 @@ class UdpTransport(Transport):
         if self.sndbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
         try:
+            if fam == socket.AF_INET6:
+                self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                self.sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+        except OSError:
+            pass   # refusals then only show as send errors
+        try:
             self.sock.connect((self.host, self.port))
         except OSError as e:
             self.send_errors += 1
@@ -55,55 +88,113 @@ class UdpTransport(Transport):
         self.streams_started += 1
         start = self._stream_start_message(None)
         if start:
-            self._send(start, 0)
+            self.send(start, 0)
 
-    def _pace(self):
+    def _take_tokens(self, want: int) -> int:
+        """How many messages may go now (sleeping for the first if needed)."""
         if self.rate <= 0:
-            return
+            return want
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
         if self._tokens < 1.0:
-            wait = (1.0 - self._tokens) / self.rate
             self.pace_sleeps += 1
-            time.sleep(wait)
+            time.sleep((1.0 - self._tokens) / self.rate)
             now = time.monotonic()
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
             self._last = now
-        self._tokens -= 1.0
-
-    def _send(self, message: bytes, nrecords: int) -> None:
-        self._pace()
-        for attempt in range(2):
-            try:
-                self.sock.send(message)
-                self.messages_sent += 1
-                self.bytes_sent += len(message)
-                self.records_sent += nrecords
-                return
-            except OSError as e:
-                # ECONNREFUSED reports an ICMP port unreachable caused by an
-                # earlier datagram (already gone): count it, and retry this one.
-                if attempt == 0 and e.errno == errno.ECONNREFUSED:
-                    self.send_errors += 1
-                    self.collector_unreachable += 1
-                    self.log.warning("export_collector_unreachable", error=str(e))
-                    continue
-                self.send_errors += 1
-                self.records_not_sent += nrecords
-                self.log.warning("export_send_failed", error=str(e))
-                return
+        k = max(1, min(want, int(self._tokens)))
+        self._tokens -= k
+        return k
 
     def send(self, message, nrecords):
-        self._send(message, nrecords)
+        self._batch.append(message)
+        self._batch_records.append(nrecords)
+        if len(self._batch) >= BATCH_MAX:
+            self.push()
+
+    def push(self) -> None:
+        """Send every batched message (paced)."""
+        retried = False
+        while self._batch:
+            k = self._take_tokens(len(self._batch))
+            msgs, recs = self._batch[:k], self._batch_records[:k]
+            if self.sock is None:
+                sent, err = 0, errno.EBADF
+            else:
+                lens = ffi.new("uint32_t[]", [len(m) for m in msgs])
+                buf = b"".join(msgs)
+                self.send_calls += 1
+                sent = lib.udp_send_batch(self.sock.fileno(), ffi.from_buffer(buf), lens,
+                                          k, self._err)
+                err = self._err[0] if sent < k else 0
+            for m, n in zip(msgs[:sent], recs[:sent]):
+                self._sent(m, n)
+            del self._batch[:sent], self._batch_records[:sent]
+            if sent == k:
+                continue
+            if err == errno.ECONNREFUSED and (sent or not retried):
+                # The error of an earlier datagram (in the error queue):
+                # this one did not go; retry it once.
+                self.send_errors += 1
+                self.collector_unreachable += 1
+                self.log.warning("export_collector_unreachable", error=os.strerror(err))
+                retried = True
+                self._read_refusals()
+                continue
+            self.send_errors += 1
+            self.not_sent(self._batch_records.pop(0), "collector_refused"
+                          if err == errno.ECONNREFUSED else "send_error")
+            self._batch.pop(0)
+            self.log.warning("export_send_failed", error=os.strerror(err))
+        self._read_refusals()
+
+    def _sent(self, message: bytes, nrecords: int) -> None:
+        self.messages_sent += 1
+        self.bytes_sent += len(message)
+        self.records_sent += nrecords
+        if nrecords:
+            key = bytes(message[:KEY_BYTES])
+            self._recent[key] = self._recent.get(key, 0) + nrecords
+            if len(self._recent) > REFUSAL_MEMORY:
+                self._recent.popitem(last=False)
+
+    def _read_refusals(self) -> None:
+        """Move the records of refused datagrams from exported to not sent."""
+        if self.sock is None:
+            return
+        while True:
+            try:
+                data, _, _, _ = self.sock.recvmsg(KEY_BYTES, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.send_errors += 1
+            self.collector_unreachable += 1
+            n = self._recent.pop(bytes(data[:KEY_BYTES]), 0)
+            if n:
+                self.records_sent -= n
+                self.not_sent(n, "collector_refused")
+                self.log.warning("export_collector_refused", records=n)
+
+    def poll(self):
+        self.push()
 
     def close(self):
+        self.push()
         if self.sock is not None:
+            time.sleep(0.001)         # a last ICMP on its way (loopback: already here)
+            self._read_refusals()
             self.sock.close()
             self.sock = None
+
+    def pending_records(self):
+        return sum(self._batch_records)
 
     def stats(self):
         d = super().stats()
         d["pace_sleeps"] = self.pace_sleeps
+        d["send_calls"] = self.send_calls
         d["collector_unreachable"] = self.collector_unreachable
         return d

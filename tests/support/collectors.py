@@ -1,6 +1,9 @@
-"""Test helpers: real collectors (nfcapd) on 127.0.0.1 and free ports."""
+"""Test helpers: real collectors (nfcapd, nfacctd) on 127.0.0.1 and free ports."""
 import contextlib
+import csv
 import errno
+import ipaddress
+import json
 import os
 import signal
 import socket
@@ -14,7 +17,16 @@ def free_port(kind=socket.SOCK_DGRAM):
         return s.getsockname()[1]
 
 
-def udp_port_in_use(port):
+def in_netns(netns, argv):
+    """argv run in network namespace `netns` (None: this one)."""
+    return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+
+
+def udp_port_in_use(port, netns=None):
+    if netns:
+        out = subprocess.run(in_netns(netns, ["ss", "-Hnul", f"sport = :{port}"]),
+                             capture_output=True, text=True).stdout
+        return bool(out.strip())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -24,17 +36,19 @@ def udp_port_in_use(port):
 
 
 @contextlib.contextmanager
-def nfcapd(directory, port=None, timeout_s=10.0):
-    """Run `nfcapd -w DIR -p PORT -b 127.0.0.1` until the block ends; SIGTERM
-    makes it flush its file. Yields the port."""
+def nfcapd(directory, port=None, timeout_s=10.0, netns=None):
+    """Run `nfcapd -w DIR -p PORT -b 127.0.0.1` (in network namespace
+    `netns` if given) until the block ends; SIGTERM makes it flush its
+    file. Yields the port."""
     port = port or free_port()
     os.makedirs(directory, exist_ok=True)
     log = open(os.path.join(str(directory), os.pardir, f"nfcapd-{port}.log"), "w")
-    proc = subprocess.Popen(["nfcapd", "-w", str(directory), "-p", str(port),
-                             "-b", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(in_netns(netns, ["nfcapd", "-w", str(directory), "-p", str(port),
+                                             "-b", "127.0.0.1"]),
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         end = time.monotonic() + timeout_s
-        while not udp_port_in_use(port):
+        while not udp_port_in_use(port, netns):
             if proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"nfcapd did not start on port {port}")
             time.sleep(0.05)
@@ -48,3 +62,128 @@ def nfcapd(directory, port=None, timeout_s=10.0):
             proc.kill()
             proc.wait()
         log.close()
+
+
+class Nfacctd:
+    """pmacct's nfacctd on 127.0.0.1 with the `print` plugin writing CSV.
+
+    Aggregates on the 5-tuple plus ToS. `log` is the daemon's own log
+    file, `templates` the JSON lines it writes for every template it
+    learns (`nfacctd_templates_file`), `csv` the print plugin's output
+    (written at exit)."""
+
+    FIELDS = "src_host, dst_host, src_port, dst_port, proto, tos"
+
+    def __init__(self, directory, renormalize=False, port=None, netns=None):
+        self.netns = netns
+        self.dir = str(directory)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = port or free_port()
+        self.log = os.path.join(self.dir, "nfacctd.log")
+        self.templates = os.path.join(self.dir, "templates.json")
+        self.csv = os.path.join(self.dir, "flows.csv")
+        self.conf = os.path.join(self.dir, "nfacctd.conf")
+        with open(self.conf, "w") as f:
+            f.write("\n".join([
+                "daemonize: false",
+                f"logfile: {self.log}",
+                f"pidfile: {os.path.join(self.dir, 'nfacctd.pid')}",
+                "nfacctd_ip: 127.0.0.1",
+                f"nfacctd_port: {self.port}",
+                "nfacctd_pipe_size: 8388608",
+                f"nfacctd_templates_file: {self.templates}",
+                f"nfacctd_renormalize: {'true' if renormalize else 'false'}",
+                "plugins: print[flows]",
+                f"aggregate[flows]: {self.FIELDS}",
+                "print_output[flows]: csv",
+                f"print_output_file[flows]: {self.csv}",
+                "print_refresh_time[flows]: 3600",
+                "print_cache_entries[flows]: 65537",
+                ""]))
+        self.proc = None
+        self.startup_log = ""
+
+    def start(self, timeout_s=10.0):
+        open(self.templates, "a").close()     # it loads the file at start
+        self.proc = subprocess.Popen(in_netns(self.netns, ["nfacctd", "-f", self.conf]),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        end = time.monotonic() + timeout_s
+        # ready: the socket is bound and the print plugin has its cache
+        while not ("cache entries=" in self.read_log()
+                   and udp_port_in_use(self.port, self.netns)):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"nfacctd did not start on port {self.port}:\n"
+                                   + self.read_log())
+            time.sleep(0.05)
+        time.sleep(0.2)
+        self.startup_log = self.read_log()
+        return self
+
+    def drain(self, seconds=0.5):
+        """Give it time to read what is still in its socket."""
+        time.sleep(seconds)
+
+    def stop(self, timeout_s=20.0):
+        """SIGINT: the print plugin writes its cache, then everything exits."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.drain()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("nfacctd did not exit on SIGINT")
+
+    def read_log(self):
+        try:
+            with open(self.log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def log_since_start(self):
+        """What the daemon logged after its start-up lines."""
+        return self.read_log()[len(self.startup_log):]
+
+    def learned_templates(self):
+        """[(source_id, template_id, template_type)], 1 = options."""
+        out = []
+        try:
+            with open(self.templates) as f:
+                for line in f:
+                    if line.strip():
+                        t = json.loads(line)
+                        # nfacctd writes the template id in network byte order
+                        tid = socket.ntohs(t["template_id"])
+                        out.append((t["source_id"], tid, t["template_type"]))
+        except FileNotFoundError:
+            pass
+        return out
+
+    def flows(self):
+        """{(src, dst, sport, dport, proto, tos): (packets, bytes)} from the
+        CSV; addresses in canonical form, the protocol as a number."""
+        out = {}
+        with open(self.csv) as f:
+            for row in csv.DictReader(f):
+                proto = row["PROTOCOL"].strip()
+                key = (str(ipaddress.ip_address(row["SRC_IP"])),
+                       str(ipaddress.ip_address(row["DST_IP"])),
+                       int(row["SRC_PORT"]), int(row["DST_PORT"]),
+                       int(proto) if proto.isdigit() else socket.getprotobyname(proto),
+                       int(row["TOS"]))
+                p, b = out.get(key, (0, 0))
+                out[key] = (p + int(row["PACKETS"]), b + int(row["BYTES"]))
+        return out
+
+
+@contextlib.contextmanager
+def nfacctd(directory, renormalize=False, port=None, netns=None):
+    """A running Nfacctd until the block ends (then stopped, CSV written)."""
+    d = Nfacctd(directory, renormalize=renormalize, port=port, netns=netns).start()
+    try:
+        yield d
+    finally:
+        d.stop()
