@@ -20,7 +20,7 @@ APT_PACKAGES := build-essential python3-dev python3-venv libpcap-dev clang \
 # the rest comes from setup.py's install_requires and its "test" extra.
 BUILD_DEPS := 'setuptools>=64' wheel 'cffi>=1.15'
 # Everything the C extensions are built from: a change rebuilds them.
-C_SOURCES := setup.py $(wildcard */_build.py */*_build.py */*/_build.py \
+C_SOURCES := setup.py $(wildcard */*_build.py */*/*_build.py \
 	*/*.c */*.h */*/*.c */*/*.h)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1

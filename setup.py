@@ -1,17 +1,32 @@
 """Build flowprobe: Python package + C extensions compiled by cffi (API mode).
 
-Each extension has its own build script (``_build.py``) that reads the real
-.h file as the cdef and compiles the real .c files.
+One naming scheme per C component: ``NAME.{c,h}`` is built by
+``NAME_build.py`` (listed in cffi_modules) into the extension ``_NAME``. Each
+build script reads the real .h files as the cdef (include/ft_records.h, the
+packet and record structs shared by the driver, the engine and the encoder,
+where the module needs those types) and compiles the real .c files.
 """
 
 import re
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(r'^__version__ = "([^"]+)"',
                     (HERE / "__init__.py").read_text(), re.M).group(1)
+
+
+class BuildPy(build_py):
+    """The package's root is the repository's root (package_dir "." below),
+    so setuptools would install this script as flowprobe/setup.py: leave it
+    out of the package."""
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        return [m for m in modules if (m[0], m[1]) != ("flowprobe", "setup")]
+
 
 setup(
     name="flowprobe",
@@ -30,6 +45,7 @@ setup(
         "flowprobe.collector",
     ],
     package_data={
+        "flowprobe": ["include/*.h"],
         "flowprobe.config": ["flowprobe.yaml"],
         "flowprobe.probe": ["data/*.pcap"],
         "flowprobe.probe.flowtable": ["*.h", "*.c"],
@@ -41,12 +57,13 @@ setup(
                       "pyzmq"],
     extras_require={"test": ["pytest", "hypothesis", "atheris"]},
     cffi_modules=[
-        "probe/flowtable/_build.py:ffibuilder",
-        "driver/_build.py:ffibuilder",
-        "exporters/_build.py:ffibuilder",
-        "driver/_ring_build.py:ffibuilder",
-        "driver/_xdp_build.py:ffibuilder",
+        "probe/flowtable/flowtable_build.py:ffibuilder",
+        "driver/pcapfile_build.py:ffibuilder",
+        "driver/afpacket_build.py:ffibuilder",
+        "driver/afxdp_build.py:ffibuilder",
+        "exporters/encode_build.py:ffibuilder",
     ],
     entry_points={"console_scripts": ["flowprobe=flowprobe.probe.cli:main"]},
+    cmdclass={"build_py": BuildPy},
     zip_safe=False,
 )

@@ -11,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 
-from flowprobe.exporters._enc import ffi  # noqa: E402
+from flowprobe.exporters._encode import ffi  # noqa: E402
 from flowprobe.exporters.base import EncoderConfig  # noqa: E402
 from flowprobe.exporters.ipfix import IpfixEncoder  # noqa: E402
 from flowprobe.exporters.netflow5 import Netflow5Encoder  # noqa: E402

@@ -309,8 +309,8 @@ class FlowprobeXdp(Flowprobe):
     backend = "afxdp"
 
     def available(self):
-        if not (REPO / "driver" / "xsk.py").exists():
-            return "driver/xsk.py not there yet"
+        if not (REPO / "driver" / "afxdp.py").exists():
+            return "driver/afxdp.py not there yet"
         h = self.run_help()
         if h.startswith("ERROR "):
             return f"flowprobe run broken: {h[6:]}"

@@ -120,7 +120,8 @@ def best(runs: list[dict], key: str = "wall_s") -> dict:
 def build(name: str, sources: list[str], libs: list[str]) -> str:
     exe = OUT / name
     cmd = ["gcc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-           "-I", str(ROOT / "probe" / "flowtable"), "-I", str(ROOT / "driver"),
+           "-I", str(ROOT / "include"), "-I", str(ROOT / "probe" / "flowtable"),
+           "-I", str(ROOT / "driver"),
            "-o", str(exe)] + [str(ROOT / s) for s in sources] + libs
     subprocess.run(cmd, check=True, timeout=300)
     return str(exe)
@@ -244,7 +245,7 @@ def json_sink_rate(n_calls: int = 400, batch: int = 4096) -> float:
     C) writing to /dev/null: 4096 records (4 in 5 IPv4, the rest IPv6, MACs, TCP/UDP/
     ICMP) written n_calls times, one C call each."""
     import random
-    from flowprobe.exporters._enc import ffi
+    from flowprobe.exporters._encode import ffi
     from flowprobe.probe.sinks import JsonLines
     rng = random.Random(1)
     arr = ffi.new("struct ft_record[]", batch)
@@ -383,8 +384,11 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     exes = {
         "ft_bench": build("ft_bench", ["bench/c/ft_bench.c", "probe/flowtable/flowtable.c",
+                                       "probe/flowtable/expire.c",
                                        "probe/flowtable/parse.c"], []),
-        "pf_bench": build("pf_bench", ["bench/c/pf_bench.c", "driver/pcapfile.c"], ["-lpcap"]),
+        "pf_bench": build("pf_bench", ["bench/c/pf_bench.c", "driver/pcapfile.c",
+                                       "driver/pcapfile_mmap.c",
+                                       "driver/pcapfile_libpcap.c"], ["-lpcap"]),
         "flowprobe": flowprobe_exe(),
     }
     print(f"flowprobe: {exes['flowprobe']}", flush=True)

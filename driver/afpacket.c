@@ -1,7 +1,7 @@
 /*
  * afpacket.c - TPACKET_V3 RX ring: explicit set-up steps, a block walker
  * that fills struct ft_pkt arrays, in-order release, 64-bit statistics.
- * Contract and ownership: ring.h.
+ * Contract and ownership: afpacket.h.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,8 +20,8 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 
-#include "ring.h"
-#include "flowtable.h"
+#include "ft_records.h"
+#include "afpacket.h"
 
 #ifndef PACKET_FANOUT_FLAG_IGNORE_OUTGOING
 #define PACKET_FANOUT_FLAG_IGNORE_OUTGOING 0x4000   /* Linux 6.2+ */

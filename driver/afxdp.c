@@ -2,7 +2,7 @@
  * afxdp.c - AF_XDP receive path (see afxdp.h for the contract): one RX-only
  * XSK socket per queue (libxdp for the UMEM/ring set-up, its own program
  * loading inhibited: afxdp_prog.c provides the program and the XSKMAP).
- * libbpf/libxdp code lives here, libpcap code in bpf.c: both define
+ * libbpf/libxdp code lives here, libpcap code in afpacket_filter.c: both define
  * struct bpf_insn.
  */
 #define _GNU_SOURCE
@@ -21,8 +21,8 @@
 #include <linux/if_xdp.h>
 #include <xdp/xsk.h>
 
+#include "ft_records.h"
 #include "afxdp.h"
-#include "flowtable.h"
 
 #define AFXDP_COMP_SIZE 64          /* completion ring: mandatory, unused */
 

@@ -2,7 +2,7 @@
  * afxdp.h - AF_XDP receive path: an RX-only XSK socket per NIC queue fed by
  * flowprobe's own 6-instruction XDP redirect program.
  *
- * Read verbatim as the cffi cdef by driver/_xdp_build.py: declarations only,
+ * Read verbatim as the cffi cdef by driver/afxdp_build.py: declarations only,
  * no #include, no #if, no macros with expressions.
  *
  * The XDP program (struct afxdp_prog)
@@ -35,7 +35,7 @@
  *
  * Ownership and lifetime
  *   - afxdp_rx_next_batch() fills a caller-owned array of struct ft_pkt
- *     (probe/flowtable/flowtable.h; passed as void *). ft_pkt.data points
+ *     (include/ft_records.h; passed as void *). ft_pkt.data points
  *     INTO the UMEM: valid until afxdp_rx_release_batch(), which hands the
  *     frames back to the fill ring. One batch is held at a time.
  * Byte order: frames as on the wire, VLAN tags in-band (vlan_valid = 0).

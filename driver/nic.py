@@ -4,13 +4,14 @@ prepare makes the interface receive-only and records every change in
 /run/flowprobe/IFACE.json so restore puts exactly that back:
 
   egress blocked   clsact qdisc + a direct-action cls_bpf filter on egress
-                   whose eBPF program returns TC_ACT_SHOT. This kernel has no
-                   cls_matchall / act_gact (no loadable modules), and
-                   pyroute2 0.9 cannot send a classic cls_bpf program
-                   (TCA_BPF_OPS is a u32 there), so the 2-instruction eBPF
-                   program is loaded with bpf(2) and attached by fd through
-                   netlink. Packets sent with PACKET_QDISC_BYPASS or an
-                   AF_XDP TX ring skip tc egress: flowprobe never does that.
+                   whose eBPF program returns TC_ACT_SHOT, so that it also
+                   works on kernels built without cls_matchall / act_gact
+                   (and without loadable modules). pyroute2 0.9 cannot send
+                   a classic cls_bpf program (TCA_BPF_OPS is a u32 there),
+                   so the 2-instruction eBPF program is loaded with bpf(2)
+                   and attached by fd through netlink. Packets sent with
+                   PACKET_QDISC_BYPASS or an AF_XDP TX ring skip tc egress:
+                   flowprobe never does that.
   IPv6 disabled    /proc/sys/net/ipv6/conf/IFACE/disable_ipv6 (no netlink
                    equivalent), which also removes the IPv6 addresses
   no addresses     IPv4/IPv6 addresses deleted (netlink)
@@ -37,7 +38,7 @@ from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError
 
 from flowprobe.errors import ExitCode
-from flowprobe.driver.xsk import xdp_status
+from flowprobe.driver.afxdp import xdp_status
 
 STATE_DIR = Path("/run/flowprobe")
 IFF_UP, IFF_PROMISC, IFF_NOARP = 0x1, 0x100, 0x80

@@ -2,9 +2,9 @@
  * pcapfile.h - capture-file reader: fills caller-owned struct ft_pkt arrays,
  * one call per batch.
  *
- * This file is read verbatim as the cffi cdef by driver/_build.py: no
+ * This file is read verbatim as the cffi cdef by driver/pcapfile_build.py: no
  * #include, no #if, no macros. Packet arrays are passed as `void *` (they are
- * `struct ft_pkt *`, see probe/flowtable/flowtable.h) so that this module's
+ * `struct ft_pkt *`, see include/ft_records.h) so that this module's
  * ffi does not declare the flow engine's types; callers pass the array's
  * address from the flow table's ffi.
  *

@@ -23,7 +23,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from flowprobe.driver._pcap import ffi, lib
+from flowprobe.driver._pcapfile import ffi, lib
 
 __all__ = [
     "CaptureFile",

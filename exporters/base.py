@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowprobe.exporters._enc import ffi, lib
+from flowprobe.exporters._encode import ffi, lib
 
 # sysUptime starts this long before the first record's first packet, so flows
 # that began before it (exported later) still get a positive uptime.

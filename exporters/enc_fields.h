@@ -4,7 +4,7 @@
  * cffi cdef. Times: *_MS are ms since the Unix epoch, *_UPTIME ms since
  * boot_ms truncated to 32 bits; addresses and MACs are not integers (0).
  *
- * Include it after flowtable.h and encode.h: those two are read verbatim as
+ * Include it after ft_records.h and encode.h: those two are read verbatim as
  * cffi cdefs and so cannot carry include guards.
  */
 #ifndef FLOWPROBE_ENC_FIELDS_H

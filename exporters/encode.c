@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "flowtable.h"
+#include "ft_records.h"
 #include "encode.h"
 #include "enc_fields.h"
 

@@ -1,7 +1,8 @@
 /*
  * encode.h - the template-driven record encoder of the exporters.
  *
- * This file is read verbatim as the cffi cdef by exporters/_build.py: only
+ * This file is read verbatim as the cffi cdef by exporters/encode_build.py,
+ * after include/ft_records.h (which declares struct ft_record): only
  * declarations cffi understands (no #include, no #if, no macros).
  *
  * Model
@@ -12,7 +13,7 @@
  *
  * Input
  *   `records` is the address of an array of `struct ft_record` (see
- *   probe/flowtable/flowtable.h) owned by the caller and only read during the
+ *   include/ft_records.h) owned by the caller and only read during the
  *   call. It crosses cffi modules as a plain address (uintptr_t).
  *
  * Output

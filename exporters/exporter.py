@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import structlog
 
 from flowprobe.config.schema import ConfigError, ExportConfig, export_config, export_items
-from flowprobe.exporters._enc import ffi
+from flowprobe.exporters._encode import ffi
 from flowprobe.exporters.base import EncodeError, EncoderConfig
 from flowprobe.exporters.ipfix import IpfixEncoder
 from flowprobe.exporters.netflow5 import Netflow5Encoder

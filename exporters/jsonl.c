@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "flowtable.h"
+#include "ft_records.h"
 #include "jsonl.h"
 
 /* the longest line: two IPv6 addresses of 39 characters, every integer at

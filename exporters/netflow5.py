@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 
 from flowprobe.exporters import templates
-from flowprobe.exporters._enc import ffi, lib
+from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.base import EncoderConfig, RecordEncoder
 
 V5_HEADER = struct.Struct("!HHIIIIBBH")

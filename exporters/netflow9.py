@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 
 from flowprobe.exporters import templates
-from flowprobe.exporters._enc import ffi, lib
+from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.base import EncoderConfig, RecordEncoder
 from flowprobe.exporters.options import options_records, options_templates
 

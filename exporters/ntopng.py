@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from flowprobe.exporters._enc import ffi, lib
+from flowprobe.exporters._encode import ffi, lib
 
 #: ntop's zmq_msg_hdr_v1 (ntopng include/ntop_typedefs.h): topic, version,
 #: source id, size (host order, informative), message id (network order).

@@ -33,7 +33,7 @@ import time
 
 import structlog
 
-from flowprobe.exporters._enc import ffi
+from flowprobe.exporters._encode import ffi
 from flowprobe.exporters.exporter import _address
 
 DEFAULT_QUEUE_BYTES = 16 << 20

@@ -1,7 +1,7 @@
 /*
  * udpsend.h - batched datagram sends (sendmmsg) for the UDP transport.
  *
- * Read verbatim as cffi cdef by exporters/_build.py (declarations only).
+ * Read verbatim as cffi cdef by exporters/encode_build.py (declarations only).
  *
  * Input
  *   `buf` holds `n` messages back to back; message i is `lens[i]` bytes.

@@ -41,7 +41,7 @@ tar -C "$ROOT" --exclude=./build --exclude=./dist --exclude=./.git \
     --exclude='*.egg-info' -cf - . | tar -C "$WORK/src" -xf -
 "$PY" -m pip wheel -qq --no-deps -w "$WORK/wheels" "$WORK/src"
 "$PY" -m pip install -qq --no-compile --target "$LIB" "$WORK"/wheels/flowprobe-*.whl
-rm -rf "$LIB/bin" "$LIB/flowprobe/setup.py"
+rm -rf "$LIB/bin"
 # PyYAML's optional C accelerator embeds a static libyaml (lintian:
 # embedded-library); flowprobe only uses the pure-Python SafeLoader/dumper.
 rm -f "$LIB"/yaml/_yaml*.so

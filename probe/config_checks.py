@@ -19,15 +19,15 @@ import dataclasses
 
 from flowprobe.config import Config, ConfigError
 from flowprobe.config.schema import parse_interfaces
-from flowprobe.driver.ring import RingError, compile_filter
+from flowprobe.driver.afpacket import RingError, compile_filter
+from flowprobe.driver.capture import linktype_of
 from flowprobe.exporters.exporter import exporters_for
 from flowprobe.probe.metrics import check_available
-from flowprobe.probe.reader import linktype_of
 
 
 def capture_filter_errors(cfg: Config) -> list[tuple[str, str]]:
     """``capture.filter`` compiled by libpcap for the Ethernet link type (the
-    driver's compile helper, driver/bpf.c, without an interface): a filter
+    driver's compile helper, driver/afpacket_filter.c, without an interface): a filter
     libpcap refuses is a config error naming the key, not a reader that
     fails to start."""
     if not cfg.capture.filter:

@@ -21,7 +21,7 @@ Capabilities kept (``RUN_CAPS``):
 - CAP_NET_RAW: opening AF_PACKET sockets. A reader the supervisor restarts
   (crash, stale heartbeat, rolling restart on SIGHUP) opens a new ring, and a
   filter reload compiles the expression on a libpcap live handle of the
-  interface (driver/bpf.c: pcap_activate opens a packet socket).
+  interface (driver/afpacket_filter.c: pcap_activate opens a packet socket).
 - CAP_NET_ADMIN: interface-level operations of the capture path: the afxdp
   backend attaches and detaches its XDP program by netlink (a reader
   detaches it at exit, after the open-time caps are gone); it is the set the

@@ -20,8 +20,8 @@ import time
 from typing import Any, Callable
 
 from flowprobe.config.schema import export_items, per_reader_url  # noqa: F401 (re-exported)
-from flowprobe.driver.ring import Ring, RingError
-from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
+from flowprobe.driver.afpacket import RingError
+from flowprobe.driver.capture import CaptureRing, linktype_of, open_ring
 from flowprobe.errors import CaptureSetupError, ExitCode
 from flowprobe.exporters.exporter import exporters_for
 from flowprobe.exporters.pipeline import ExportPipeline
@@ -29,79 +29,12 @@ from flowprobe.logs import get_logger
 from flowprobe.probe.flowtable.table import FlowTable
 from flowprobe.probe.sinks import JsonLines
 
-#: ARPHRD_* of the capture interface -> the link type of what the ring hands
-#: out (SOCK_RAW packet sockets deliver the device's link-layer header).
-ARPHRD_LINKTYPE = {1: 1, 772: 1, 65534: 101}
-
 #: Encoder attributes holding the export header's sequence number (IPFIX,
 #: NetFlow v9, v5): carried over when a reader or an exporter is replaced, so
 #: a collector sees one unbroken sequence per observation domain.
 SEQUENCE_ATTRS = ("sequence", "package_sequence", "flow_sequence")
 
 TICK_S = 0.1             # how often the clock advances without packets
-
-
-def linktype_of(iface: str) -> int:
-    """The link type a ring on ``iface`` delivers, or CaptureSetupError."""
-    try:
-        with open(f"/sys/class/net/{iface}/type") as fh:
-            arphrd = int(fh.read())
-    except OSError:
-        raise CaptureSetupError(f"{iface}: no such interface") from None
-    if arphrd not in ARPHRD_LINKTYPE:
-        raise CaptureSetupError(f"{iface}: unsupported device type {arphrd} "
-                                f"(expected Ethernet, loopback or raw IP)")
-    return ARPHRD_LINKTYPE[arphrd]
-
-
-def open_ring(cfg, iface: str, index: int, fanout_group: int = 0):
-    """The one factory of capture rings (reader ``index`` on ``iface``).
-
-    Today a TPACKET_V3 ring; a ``capture.backend`` option (AF_XDP, queue =
-    index) plugs in here. Raises CaptureSetupError with the interface named.
-    """
-    try:
-        if getattr(cfg.capture, "backend", "afpacket") == "afxdp":
-            queues = capture_queues(cfg.capture, iface)
-            if index >= len(queues):
-                raise ValueError(f"reader {index} has no queue: afxdp captures "
-                                 f"{len(queues)} RX queue(s), one reader each")
-            queue = queues[index]
-            return XskRing.from_config(cfg.capture, iface, queue=queue)
-        return Ring.from_config(cfg.capture, iface, fanout_group=fanout_group)
-    except (RingError, OSError, ValueError) as exc:
-        raise CaptureSetupError(f"{iface}: cannot open capture ring: {exc}") from None
-
-
-def rings_per_interface(cfg, iface: str, workers: int) -> int:
-    """How many readers ``iface`` gets: ``workers`` TPACKET_V3 rings in one
-    fanout group, or with AF_XDP one reader per captured RX queue."""
-    if getattr(cfg.capture, "backend", "afpacket") != "afxdp":
-        return workers
-    try:
-        return len(capture_queues(cfg.capture, iface))
-    except (OSError, ValueError) as exc:
-        raise CaptureSetupError(f"{iface}: {exc}") from None
-
-
-def attach_shared_programs(cfg, ifaces: list[str]) -> list:
-    """With AF_XDP, attach the redirect program once per interface, owned by
-    the caller (the supervisor) for its lifetime, so that a reader restart on
-    one queue never detaches the program under the other queues. Close the
-    returned handles to detach. Nothing to do for TPACKET_V3."""
-    if getattr(cfg.capture, "backend", "afpacket") != "afxdp":
-        return []
-    programs = []
-    try:
-        for iface in ifaces:
-            programs.append(XdpProgram.attach(
-                iface, queues=max(capture_queues(cfg.capture, iface)) + 1,
-                mode=cfg.capture.xdp_mode))
-    except (OSError, ValueError) as exc:
-        for prog in programs:
-            prog.close()
-        raise CaptureSetupError(f"cannot attach XDP program: {exc}") from None
-    return programs
 
 
 
@@ -133,7 +66,7 @@ class Reader:
         self.final_stats: dict[str, Any] = {}
         # index: the reader's slot (observation domain); worker: its place
         # among the readers of this interface (the queue, for AF_XDP)
-        self.ring = open_ring(cfg, iface, index if worker is None else worker, fanout_group)
+        self.ring: CaptureRing = open_ring(cfg, iface, index if worker is None else worker, fanout_group)
         self._ring_error = _ring_error_type()
         # readers share stdout: whole lines, at most PIPE_BUF bytes a write
         self.json_sink = JsonLines(1, shared=True) if json_out else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from flowprobe.exporters._enc import ffi, lib
+from flowprobe.exporters._encode import ffi, lib
 
 #: A sink receives a ``struct ft_record *`` (any cffi module's) and a count.
 Sink = Callable[[object, int], None]

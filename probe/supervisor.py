@@ -31,12 +31,12 @@ from typing import Any
 from flowprobe.config import Config, ConfigError
 from flowprobe.config.build import build_config
 from flowprobe.config.schema import parse_cpulist, parse_interfaces
+from flowprobe.driver.capture import attach_shared_programs, rings_per_interface
 from flowprobe.errors import ExitCode
 from flowprobe.logs import LineStream, configure_logging, get_logger
 from flowprobe.probe import heartbeat, privdrop, stats
 from flowprobe.probe.config_checks import CONFIG_CHECKS, check_config, needs_new_rings
 from flowprobe.probe.metrics import MetricsServer
-from flowprobe.probe.reader import attach_shared_programs, rings_per_interface
 from flowprobe.probe.readerproc import ReaderOptions, ReaderProcess, ReaderSpec
 from flowprobe.probe.sdnotify import Notifier
 

@@ -10,7 +10,7 @@ import ipfix.reader
 import pytest
 
 from flowprobe.exporters import templates
-from flowprobe.exporters._enc import ffi, lib
+from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.base import EncoderConfig
 from flowprobe.exporters.exporter import ExportConfigError, build_exporter
 from flowprobe.exporters.ipfix import IpfixEncoder

@@ -151,7 +151,11 @@ def test_deb_contents(deb, unpacked):
                  ".cpython-311-x86_64-linux-gnu.so", "usr/share/flowprobe/afxdp.conf"):
         assert (unpacked / path).exists(), path
     exts = sorted(p.name for p in (unpacked / "usr/lib/flowprobe/flowprobe").rglob("*.so"))
-    assert {"_ft.abi3.so", "_pcap.abi3.so", "_ring.abi3.so", "_enc.abi3.so"} <= set(exts)
+    assert {"_flowtable.abi3.so", "_pcapfile.abi3.so", "_afpacket.abi3.so",
+            "_afxdp.abi3.so", "_encode.abi3.so"} <= set(exts)
+    lib = unpacked / "usr/lib/flowprobe/flowprobe"
+    assert (lib / "include/ft_records.h").exists()
+    assert not (lib / "setup.py").exists()   # the build script is no module
     assert not list(unpacked.rglob("__pycache__"))
     assert (unpacked / CONFIG[1:]).read_text() == (REPO / "config/flowprobe.yaml").read_text()
     man = sh(["zcat", str(unpacked / "usr/share/man/man1/flowprobe.1.gz")]).stdout

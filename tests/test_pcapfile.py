@@ -1,4 +1,4 @@
-"""The capture-file reader (flowprobe.driver._pcap) on its own.
+"""The capture-file reader (flowprobe.driver._pcapfile) on its own.
 
 Every capture, seeded synthetic ones always and the real-world corpus
 (FLOWPROBE_CORPUS) when there is one, is read by the reader the file gets by

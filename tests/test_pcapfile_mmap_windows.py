@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from flowprobe.driver import pcapfile as pf
-from flowprobe.driver._pcap import lib
+from flowprobe.driver._pcapfile import lib
 from flowprobe.driver.pcapfile import TruncatedCaptureError, open_capture
 
 PAGE = os.sysconf("SC_PAGESIZE")
-HELD_MAX = 16  # PF_HELD in pcapfile.c
+HELD_MAX = 16  # PF_HELD in pcapfile_internal.h
 
 
 def write_pcap(path, sizes, *, order="<", nano=False, seed=7):

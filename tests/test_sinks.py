@@ -11,7 +11,7 @@ import sys
 
 import synth
 from flowprobe.config import default_config
-from flowprobe.exporters._enc import ffi, lib
+from flowprobe.exporters._encode import ffi, lib
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
 from flowprobe.probe.replay import replay_files
 from flowprobe.probe.sinks import PIPE_BUF, JsonLines, format_line
@@ -31,7 +31,7 @@ def records_array(dicts_fill):
 
 def python_of(arr, n):
     """record_to_dict reads the flowtable module's ffi: view the same bytes."""
-    from flowprobe.probe.flowtable._ft import ffi as ft_ffi
+    from flowprobe.probe.flowtable._flowtable import ffi as ft_ffi
     view = ft_ffi.cast("struct ft_record *", int(ffi.cast("uintptr_t", arr)))
     return b"".join(python_line(d) for d in iter_records(view, n))
 

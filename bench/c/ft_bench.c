@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ft_records.h"
 #include "flowtable.h"
 
 static double now_s(void)

@@ -2,8 +2,9 @@
  * pf_bench.c - the capture-file reader alone: pf_open + pf_next_batch over
  * a whole file, nothing else. Prints ns per packet, the reader kind and the
  * process's peak RSS as one JSON line.   pf_bench FILE [batch]
- * Build: gcc -O2 -std=gnu11 -I driver -I probe/flowtable -o OUT
- *        bench/c/pf_bench.c driver/pcapfile.c -lpcap
+ * Build: gcc -O2 -std=gnu11 -I include -I driver -o OUT bench/c/pf_bench.c
+ *        driver/pcapfile.c driver/pcapfile_mmap.c driver/pcapfile_libpcap.c
+ *        -lpcap
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -11,7 +12,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "flowtable.h"
+#include "ft_records.h"
 #include "pcapfile.h"
 
 static double now_s(void)

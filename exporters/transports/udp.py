@@ -31,7 +31,7 @@ import os
 import socket
 import time
 
-from flowprobe.exporters._enc import ffi, lib
+from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.transports import Transport
 
 DEFAULT_RATE_MSGS_S = 5000

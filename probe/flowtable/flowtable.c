@@ -1,5 +1,7 @@
 /*
- * flowtable.c - the flow table: hash -> update -> expire.
+ * flowtable.c - the flow table: hash -> update (the per-packet path) and
+ * the table's life. The timer wheel walk, expiry and flush: expire.c;
+ * the layout both share: ft_table.h.
  *
  * Structures, all allocated once by ft_new():
  *   flows    a slab of max_flows entries of 112 bytes (struct ft_flow);
@@ -22,87 +24,13 @@
 #include <sys/random.h>
 #include <string.h>
 
-#include "ft_internal.h"
+#include "ft_table.h"
 
-#define WHEEL_SHIFT 26                 /* slot width 2^26 ns = 67 ms */
-/* Slot k holds deadlines in [(k-1) << SHIFT, k << SHIFT): slot 0 is never
- * used, so "processed up to slot k - 1" never underflows at time 0. */
-#define SLOT_OF(ns) (((ns) >> WHEEL_SHIFT) + 1)
-#define WHEEL_SLOTS 4096u              /* horizon 275 s; later deadlines re-checked */
-#define WHEEL_MASK (WHEEL_SLOTS - 1)
-#define NIL UINT32_MAX
 #define PIPE_D 8                       /* pipeline distance between stages */
 #define PIPE_RING 32                   /* > 2 * PIPE_D, a power of two */
 #define PF_DATA 32                     /* packet headers prefetched this far ahead */
-#define EVICT_RECHECKS 8
-#define RECORDS_PER_PACKET 2           /* worst case: its own flow + an eviction */
-
-enum { FLOW_USED = 1, FLOW_FIN = 2, FLOW_CLOSING = 4, FLOW_MAC = 8 };
-
-struct ft_flow {
-    struct ft_key key;
-    uint64_t packets;
-    uint64_t octets;
-    uint64_t first_ns;
-    uint64_t last_ns;
-    uint32_t hnext;        /* hash chain: flow index + 1, or 0; free list too */
-    uint32_t wprev, wnext; /* wheel links: node ids (flows, then slot heads) */
-    uint16_t inner_vlan;
-    uint8_t tcp_flags;
-    uint8_t ttl_min;
-    uint8_t ttl_max;
-    uint8_t state;
-    uint8_t mac[12];       /* destination, then source */
-    uint8_t pad[2];
-};
-
-_Static_assert(sizeof(struct ft_key) == 48, "flow key is six words");
-_Static_assert(sizeof(struct ft_flow) == 112, "flow entry size");
-
-struct ft_table {
-    struct ft_config cfg;
-    struct ft_flow *flows;
-    uint32_t *buckets;
-    uint32_t bucket_mask;
-    uint32_t free_head;             /* freed flows: index + 1, 0 = none */
-    uint32_t fresh;                 /* flows [fresh, max_flows) never used */
-    uint32_t slot_prev[WHEEL_SLOTS];
-    uint32_t slot_next[WHEEL_SLOTS];
-    uint64_t wheel_done;            /* slots <= this absolute slot are processed */
-    int wheel_started;
-    int flushing;
-    uint32_t flush_slot;
-    uint64_t evict_slot;            /* where the last eviction found a flow */
-    struct ft_record *pending;
-    uint32_t pending_head;
-    uint32_t pending_count;
-    struct ft_stats st;
-    uint64_t seed[8];               /* hash seed, from getrandom() */
-};
 
 uint32_t ft_flow_entry_size(void) { return (uint32_t)sizeof(struct ft_flow); }
-
-/* ---- hashing ---------------------------------------------------------- */
-
-/* 64x64 -> 128-bit multiply, folded: the mixing step of wyhash. */
-static inline uint64_t mum(uint64_t a, uint64_t b)
-{
-    __uint128_t r = (__uint128_t)a * b;
-    return (uint64_t)r ^ (uint64_t)(r >> 64);
-}
-
-/* Three independent multiplies over the six key words (they overlap in the
- * pipeline, unlike a serial chain), then one to mix. The per-table seed
- * comes from getrandom(): traffic cannot aim keys at one chain. */
-static inline uint64_t key_hash(const struct ft_table *t, const struct ft_key *k)
-{
-    uint64_t w[6];
-    const uint64_t *s = t->seed;
-    memcpy(w, k, sizeof(w));
-    uint64_t h = mum(w[0] ^ s[0], w[1] ^ s[1]) ^ mum(w[2] ^ s[2], w[3] ^ s[3]) ^
-                 mum(w[4] ^ s[4], w[5] ^ s[5]);
-    return mum(h ^ s[6], s[7]);
-}
 
 static inline int key_eq(const struct ft_key *a, const struct ft_key *b)
 {
@@ -110,95 +38,6 @@ static inline int key_eq(const struct ft_key *a, const struct ft_key *b)
     const uint64_t *y = (const uint64_t *)(const void *)b;
     return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) |
             (x[4] ^ y[4]) | (x[5] ^ y[5])) == 0;
-}
-
-/* ---- timer wheel ------------------------------------------------------ */
-
-static inline uint32_t *node_prev(struct ft_table *t, uint32_t id)
-{
-    return id < t->cfg.max_flows ? &t->flows[id].wprev : &t->slot_prev[id - t->cfg.max_flows];
-}
-
-static inline uint32_t *node_next(struct ft_table *t, uint32_t id)
-{
-    return id < t->cfg.max_flows ? &t->flows[id].wnext : &t->slot_next[id - t->cfg.max_flows];
-}
-
-static void wheel_unlink(struct ft_table *t, uint32_t id)
-{
-    struct ft_flow *f = &t->flows[id];
-    *node_next(t, f->wprev) = f->wnext;
-    *node_prev(t, f->wnext) = f->wprev;
-    f->wprev = f->wnext = NIL;
-}
-
-static uint64_t flow_deadline(const struct ft_table *t, const struct ft_flow *f)
-{
-    uint64_t d = f->last_ns + ((f->state & FLOW_CLOSING) ? t->cfg.tcp_end_grace_ns
-                                                           : t->cfg.idle_timeout_ns);
-    uint64_t a = f->first_ns + t->cfg.active_timeout_ns;
-    return a < d ? a : d;
-}
-
-/* Insert into the slot of its deadline, at least the next unprocessed slot
- * and at most the wheel's horizon (further deadlines are re-checked). */
-static void wheel_insert(struct ft_table *t, uint32_t id)
-{
-    uint64_t slot = SLOT_OF(flow_deadline(t, &t->flows[id]));
-    if (slot <= t->wheel_done)
-        slot = t->wheel_done + 1;
-    if (slot > t->wheel_done + WHEEL_SLOTS - 1)
-        slot = t->wheel_done + WHEEL_SLOTS - 1;
-    uint32_t head = t->cfg.max_flows + (uint32_t)(slot & WHEEL_MASK);
-    uint32_t first = *node_next(t, head);
-    t->flows[id].wprev = head;
-    t->flows[id].wnext = first;
-    *node_prev(t, first) = id;
-    *node_next(t, head) = id;
-}
-
-static void wheel_start(struct ft_table *t, uint64_t now_ns)
-{
-    if (!t->wheel_started) {
-        t->wheel_done = SLOT_OF(now_ns) - 1;
-        t->wheel_started = 1;
-    }
-}
-
-/* ---- records ---------------------------------------------------------- */
-
-static inline uint32_t pending_free(const struct ft_table *t)
-{
-    return t->cfg.record_buffer - t->pending_count;
-}
-
-static void emit(struct ft_table *t, const struct ft_flow *f, int reason)
-{
-    uint32_t at = (t->pending_head + t->pending_count) % t->cfg.record_buffer;
-    struct ft_record *r = &t->pending[at];
-    memcpy(r->src_addr, f->key.src, 16);
-    memcpy(r->dst_addr, f->key.dst, 16);
-    r->packets = f->packets;
-    r->octets = f->octets;
-    r->first_ns = f->first_ns;
-    r->last_ns = f->last_ns;
-    r->ifindex = f->key.ifindex;
-    r->src_port = f->key.sport;
-    r->dst_port = f->key.dport;
-    r->vlan = f->key.vlan;
-    r->inner_vlan = f->inner_vlan;
-    r->protocol = f->key.proto;
-    r->tos = f->key.tos;
-    r->tcp_flags = f->tcp_flags;
-    r->ip_version = f->key.ipver;
-    r->ttl_min = f->ttl_min;
-    r->ttl_max = f->ttl_max;
-    r->end_reason = (uint8_t)reason;
-    r->has_mac = (f->state & FLOW_MAC) ? 1 : 0;
-    memcpy(r->dst_mac, f->mac, 6);
-    memcpy(r->src_mac, f->mac + 6, 6);
-    t->pending_count++;
-    t->st.flows_expired[reason]++;
 }
 
 /* ---- flow life -------------------------------------------------------- */
@@ -215,66 +54,6 @@ static struct ft_flow *lookup(struct ft_table *t, const struct ft_key *k, uint64
     return NULL;
 }
 
-/* Emit and free a flow: unlink from its hash chain and the wheel. */
-static void expire_flow(struct ft_table *t, struct ft_flow *f, int reason)
-{
-    uint32_t id = (uint32_t)(f - t->flows);
-    emit(t, f, reason);
-    uint32_t *pp = &t->buckets[key_hash(t, &f->key) & t->bucket_mask];
-    while (*pp != id + 1)
-        pp = &t->flows[*pp - 1].hnext;
-    *pp = f->hnext;
-    wheel_unlink(t, id);
-    f->state = 0;
-    f->hnext = t->free_head;
-    t->free_head = id + 1;
-    t->st.flows_active--;
-}
-
-/* The reason a flow is due at now_ns, or 0 when it is not due. */
-static int due_reason(const struct ft_table *t, const struct ft_flow *f, uint64_t now_ns)
-{
-    if ((f->state & FLOW_CLOSING) && now_ns >= f->last_ns + t->cfg.tcp_end_grace_ns)
-        return FT_END_TCP;
-    if (now_ns >= f->last_ns + t->cfg.idle_timeout_ns)
-        return FT_END_IDLE;
-    if (now_ns >= f->first_ns + t->cfg.active_timeout_ns)
-        return FT_END_ACTIVE;
-    return 0;
-}
-
-/* Table full: evict the flow with the earliest deadline (approximately:
- * the head of the earliest non-empty slot, after a few lazy re-checks). */
-static void evict_one(struct ft_table *t)
-{
-    uint64_t lo = t->wheel_done + 1, hi = t->wheel_done + WHEEL_SLOTS - 1;
-    uint64_t slot = t->evict_slot > lo ? t->evict_slot : lo;
-    int rechecks = 0, wrapped = 0;
-    for (;;) {
-        if (slot > hi) {
-            if (wrapped++)
-                return; /* unreachable while the table is full */
-            slot = lo;
-        }
-        uint32_t head = t->cfg.max_flows + (uint32_t)(slot & WHEEL_MASK);
-        uint32_t id = *node_next(t, head);
-        if (id == head) {
-            slot++;
-            continue;
-        }
-        t->evict_slot = slot;
-        struct ft_flow *f = &t->flows[id];
-        if (rechecks < EVICT_RECHECKS && SLOT_OF(flow_deadline(t, f)) > slot) {
-            rechecks++;
-            wheel_unlink(t, id);
-            wheel_insert(t, id);
-            continue;
-        }
-        expire_flow(t, f, FT_END_RESOURCES);
-        return;
-    }
-}
-
 static struct ft_flow *create(struct ft_table *t, const struct ft_parsed *p, uint64_t ts)
 {
     uint32_t id;
@@ -282,7 +61,7 @@ static struct ft_flow *create(struct ft_table *t, const struct ft_parsed *p, uin
         id = t->fresh++;    /* first use: the slab is touched only as it fills */
     } else {
         if (!t->free_head)
-            evict_one(t);
+            ft_evict_one(t);
         id = t->free_head - 1;
         t->free_head = t->flows[id].hnext;
     }
@@ -344,7 +123,7 @@ static void account(struct ft_table *t, const struct ft_parsed *p, uint64_t ts)
     if (f) {
         int reason = due_reason(t, f, ts);
         if (reason) {
-            expire_flow(t, f, reason);
+            ft_expire_flow(t, f, reason);
             f = NULL;
         }
     }
@@ -519,111 +298,8 @@ int ft_ingest(struct ft_table *t, int linktype, const struct ft_pkt *pkts, size_
     return 0;
 }
 
-/* Process whole slots up to now_ns while there is room for their records.
- * Returns 1 when the wheel is caught up. */
-static int advance(struct ft_table *t, uint64_t now_ns)
-{
-    if (!t->wheel_started)
-        return 1;
-    uint64_t target = (now_ns + 1) >> WHEEL_SHIFT; /* last slot fully passed */
-    if (target > t->wheel_done + WHEEL_SLOTS)
-        t->wheel_done = target - WHEEL_SLOTS; /* every slot gets one visit */
-    while (t->wheel_done < target) {
-        uint64_t slot = t->wheel_done + 1;
-        uint32_t head = t->cfg.max_flows + (uint32_t)(slot & WHEEL_MASK);
-        uint32_t id;
-        while ((id = *node_next(t, head)) != head) {
-            struct ft_flow *f = &t->flows[id];
-            int reason = due_reason(t, f, now_ns);
-            if (!reason) {
-                wheel_unlink(t, id);
-                /* Re-insert past this slot: it is being processed. */
-                uint64_t saved = t->wheel_done;
-                t->wheel_done = slot;
-                wheel_insert(t, id);
-                t->wheel_done = saved;
-                continue;
-            }
-            if (pending_free(t) == 0)
-                return 0;
-            expire_flow(t, f, reason);
-        }
-        t->wheel_done = slot;
-    }
-    return 1;
-}
-
-/* Forced end of every flow, slot by slot, while there is room. */
-static int flush_some(struct ft_table *t)
-{
-    while (t->flush_slot < WHEEL_SLOTS) {
-        uint32_t head = t->cfg.max_flows + t->flush_slot;
-        uint32_t id;
-        while ((id = *node_next(t, head)) != head) {
-            if (pending_free(t) == 0)
-                return 0;
-            expire_flow(t, &t->flows[id], FT_END_FORCED);
-        }
-        t->flush_slot++;
-    }
-    t->flushing = 0;
-    return 1;
-}
-
-size_t ft_expire(struct ft_table *t, uint64_t now_ns, struct ft_record *out, size_t cap)
-{
-    size_t n = 0;
-    if (now_ns > t->st.now_ns)
-        t->st.now_ns = now_ns;
-    if (now_ns && !t->wheel_started)
-        wheel_start(t, now_ns);
-    for (;;) {
-        while (n < cap && t->pending_count) {
-            const struct ft_record *r = &t->pending[t->pending_head];
-            out[n++] = *r;
-            t->st.records_emitted++;
-            t->st.packets_emitted += r->packets;
-            t->st.octets_emitted += r->octets;
-            t->pending_head = (t->pending_head + 1) % t->cfg.record_buffer;
-            t->pending_count--;
-        }
-        if (n == cap)
-            break;
-        int caught_up = t->flushing ? flush_some(t) : advance(t, t->st.now_ns);
-        if (caught_up && !t->pending_count)
-            break;
-    }
-    return n;
-}
-
-size_t ft_flush(struct ft_table *t)
-{
-    t->flushing = 1;
-    t->flush_slot = 0;
-    return (size_t)t->st.flows_active;
-}
-
 void ft_get_stats(const struct ft_table *t, struct ft_stats *out)
 {
     *out = t->st;
     out->records_pending = t->pending_count;
-}
-
-int ft_set_timeouts(struct ft_table *t, uint64_t idle_ns, uint64_t active_ns,
-                    uint64_t tcp_end_grace_ns)
-{
-    if (idle_ns == 0 || active_ns == 0)
-        return -EINVAL;
-    if (t->flushing)
-        return -EBUSY;
-    t->cfg.idle_timeout_ns = idle_ns;
-    t->cfg.active_timeout_ns = active_ns;
-    t->cfg.tcp_end_grace_ns = tcp_end_grace_ns;
-    for (uint32_t id = 0; id < t->fresh; id++) {
-        if (t->flows[id].state & FLOW_USED) {
-            wheel_unlink(t, id);
-            wheel_insert(t, id);
-        }
-    }
-    return 0;
 }

@@ -1,9 +1,13 @@
 /*
  * flowtable.h - the flow engine's C API: parse -> hash -> update -> expire.
  *
- * This file is read verbatim as the cffi cdef by _build.py, so it holds only
- * declarations cffi understands: no #include, no #if, no macros with
- * expressions. Compile-time checks live in flowtable.c.
+ * The packets it takes (struct ft_pkt) and the records it hands out (struct
+ * ft_record), their link types and end reasons are declared in
+ * include/ft_records.h, shared with the capture drivers and the encoder:
+ * include that header first. flowtable_build.py reads both verbatim as the
+ * cffi cdef, ft_records.h first, so this file holds only declarations cffi
+ * understands: no #include, no #if, no macros with expressions.
+ * Compile-time checks live in flowtable.c.
  *
  * Ownership and lifetime
  *   - ft_new() allocates everything the table will ever use (flow slab, hash
@@ -13,9 +17,8 @@
  *   - Records are copied into caller-owned arrays by ft_expire().
  *
  * Byte order
- *   - Addresses in struct ft_record are in network byte order (as on the
- *     wire); an IPv4 address occupies bytes 0..3, the rest is zero.
- *   - Every other integer is in host byte order.
+ *   - As in include/ft_records.h: addresses in network byte order, every
+ *     other integer in host byte order.
  *
  * Time
  *   - All times are nanoseconds since the Unix epoch. The table's clock is
@@ -27,20 +30,6 @@
  *   - Functions return 0 (or a count) on success and a negative errno on
  *     failure. Nothing prints, nothing exits.
  */
-
-/* Link types, as in pcap file headers (LINKTYPE_*) and libpcap (DLT_*). */
-enum ft_linktype {
-    FT_LINK_NULL = 0,          /* BSD loopback: 4-byte AF in host order */
-    FT_LINK_ETHERNET = 1,
-    FT_LINK_RAW_DLT12 = 12,    /* DLT_RAW on Linux */
-    FT_LINK_RAW_DLT14 = 14,    /* DLT_RAW on OpenBSD */
-    FT_LINK_RAW = 101,         /* LINKTYPE_RAW */
-    FT_LINK_LOOP = 108,        /* OpenBSD loopback: 4-byte AF, network order */
-    FT_LINK_LINUX_SLL = 113,
-    FT_LINK_IPV4 = 228,
-    FT_LINK_IPV6 = 229,
-    FT_LINK_LINUX_SLL2 = 276
-};
 
 /*
  * Why a packet was not accounted in a flow. Each has a 64-bit counter.
@@ -63,15 +52,6 @@ enum ft_skip {
     FT_SKIP_COUNT = 9
 };
 
-/* Why a flow ended: the values of IPFIX flowEndReason (IANA IE 136). */
-enum ft_end_reason {
-    FT_END_IDLE = 1,           /* idleTimeout */
-    FT_END_ACTIVE = 2,         /* activeTimeout: a long flow, exported as deltas */
-    FT_END_TCP = 3,            /* endOfFlowDetected: FIN both ways or RST */
-    FT_END_FORCED = 4,         /* forcedEnd: shutdown or end of input */
-    FT_END_RESOURCES = 5       /* lackOfResources: table full, oldest evicted */
-};
-
 /* Configuration of a table; every field must be set (no hidden defaults,
  * the Python config objects are the single source of defaults). */
 struct ft_config {
@@ -81,53 +61,6 @@ struct ft_config {
     uint64_t active_timeout_ns;
     uint64_t tcp_end_grace_ns; /* after FIN both ways / RST */
     uint32_t ifindex;          /* ingress interface of packets without one */
-};
-
-/*
- * One packet of a batch, described by whoever read it (a file reader, a
- * TPACKET_V3 block walker, an AF_XDP descriptor walker). data points at the
- * link-layer header; caplen bytes are readable; wirelen is the length on the
- * wire. When vlan_valid is set, vlan_tci is an outer 802.1Q tag the kernel
- * stripped (TP_STATUS_VLAN_VALID); in-band tags that follow become the inner.
- */
-struct ft_pkt {
-    const uint8_t *data;
-    uint32_t caplen;
-    uint32_t wirelen;
-    uint64_t ts_ns;
-    uint32_t ifindex;          /* 0: use ft_config.ifindex */
-    uint16_t vlan_tci;
-    uint8_t vlan_valid;
-    uint8_t pad;
-};
-
-/*
- * An exported flow record (a delta since the flow's previous record).
- * ICMP/ICMPv6: dst_port carries type << 8 | code (as NetFlow v5 does) and
- * src_port is 0. Non-first fragments carry ports 0 (they have none).
- */
-struct ft_record {
-    uint8_t src_addr[16];
-    uint8_t dst_addr[16];
-    uint64_t packets;
-    uint64_t octets;           /* sum of IP total lengths */
-    uint64_t first_ns;         /* capture time of the first packet */
-    uint64_t last_ns;          /* capture time of the last packet */
-    uint32_t ifindex;
-    uint16_t src_port;
-    uint16_t dst_port;
-    uint16_t vlan;             /* outer VLAN id (0: untagged) */
-    uint16_t inner_vlan;       /* inner VLAN id of QinQ (0: none) */
-    uint8_t protocol;
-    uint8_t tos;               /* IPv4 ToS / IPv6 traffic class */
-    uint8_t tcp_flags;         /* OR of every packet's flags */
-    uint8_t ip_version;        /* 4 or 6 */
-    uint8_t ttl_min;           /* TTL / hop limit */
-    uint8_t ttl_max;
-    uint8_t end_reason;        /* enum ft_end_reason */
-    uint8_t has_mac;           /* 1 when the link layer had MAC addresses */
-    uint8_t src_mac[6];
-    uint8_t dst_mac[6];
 };
 
 /* 64-bit counters of one table. Every packet offered to ft_ingest lands in

@@ -1,6 +1,6 @@
 /*
  * ft_internal.h - what parse.c and flowtable.c share; not part of the API
- * (flowtable.h is). Everything here is private to the _ft extension.
+ * (flowtable.h is). Everything here is private to the _flowtable extension.
  */
 #ifndef FT_INTERNAL_H
 #define FT_INTERNAL_H
@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ft_records.h"
 #include "flowtable.h"
 
 /* The flow key: compared and hashed as six 64-bit words. Addresses in

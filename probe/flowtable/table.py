@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from flowprobe.probe.flowtable._ft import ffi, lib
+from flowprobe.probe.flowtable._flowtable import ffi, lib
 
 #: Names of enum ft_skip, in order: the counters of packets not accounted.
 SKIP_REASONS = (

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ft_records.h"
 #include "flowtable.h"
 
 #define ARENA_BYTES (1u << 22)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ft_records.h"
 #include "flowtable.h"
 
 static const int linktypes[] = {

@@ -7,26 +7,23 @@ ring). A line ``DONE`` means the sender finished: the worker drains until
 --expect packets were walked or --idle-s passes without a packet (bounded
 by --max-s), then prints one JSON line with per-ring packets and stats.
 
-The ft_pkt array is allocated here with an ABI-mode copy of struct ft_pkt
-(the flow table's own allocator replaces it in production).
+The ft_pkt array is allocated here from an ABI-mode ffi that reads
+include/ft_records.h (the flow table's own allocator replaces it in
+production).
 """
 import argparse
 import json
 import select
 import sys
 import time
+from pathlib import Path
 
 import cffi
 
-from flowprobe.driver.ring import Ring
+from flowprobe.driver.afpacket import Ring
 from flowprobe.logs import configure_logging
 
-FT_PKT_CDEF = """
-struct ft_pkt {
-    const uint8_t *data; uint32_t caplen; uint32_t wirelen; uint64_t ts_ns;
-    uint32_t ifindex; uint16_t vlan_tci; uint8_t vlan_valid; uint8_t pad;
-};
-"""
+FT_RECORDS_H = Path(__file__).resolve().parents[2] / "include" / "ft_records.h"
 
 
 def stdin_line(timeout):
@@ -58,7 +55,7 @@ def main(argv=None):
 
     configure_logging("info", "json")   # stderr: stdout is the protocol
     ffi = cffi.FFI()
-    ffi.cdef(FT_PKT_CDEF)
+    ffi.cdef(FT_RECORDS_H.read_text())
     rings = [Ring(args.iface, filter_expr=args.filter, snaplen=args.snaplen,
                   block_size=args.block_size, block_count=args.block_count,
                   frame_size=args.frame_size,

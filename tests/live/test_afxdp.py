@@ -237,7 +237,7 @@ def test_stale_program_removed_foreign_program_kept(veth, workers, tmp_path):
 
 BUSY_QUEUE = """
 import sys, threading, time
-from flowprobe.driver.xsk import XdpProgram, XskRing
+from flowprobe.driver.afxdp import XdpProgram, XskRing
 iface = sys.argv[1]
 prog = XdpProgram.attach(iface, mode="skb")
 held = XskRing(iface, 0, program=prog)
@@ -342,7 +342,7 @@ def test_flowprobe_run_backend_afxdp_exports_the_truth(veth, seeded, tmp_path):
 
 MULTI_QUEUE = """
 import json, sys, time, cffi
-from flowprobe.driver.xsk import XdpProgram, XskRing, rx_queues
+from flowprobe.driver.afxdp import XdpProgram, XskRing, rx_queues
 iface, secs = sys.argv[1], float(sys.argv[2])
 ffi = cffi.FFI()
 ffi.cdef("struct ft_pkt { const uint8_t *data; uint32_t caplen; uint32_t wirelen;"

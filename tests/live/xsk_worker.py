@@ -1,6 +1,6 @@
 """Flow-capture worker for the AF_XDP live tests, run in the capture namespace.
 
-Opens one ring through the production factory (``probe.reader.open_ring``:
+Opens one ring through the production factory (``driver.capture.open_ring``:
 a TPACKET_V3 ring or an XskRing, per ``--backend``), feeds a FlowTable,
 prints ``READY <json>`` once the ring is open, and reads. A line ``DONE`` on
 stdin means the sender finished: the worker drains until ``--expect`` frames
@@ -17,7 +17,7 @@ import time
 from flowprobe.config.schema import Config, validate
 from flowprobe.probe.flowtable.table import FlowTable, iter_records
 from flowprobe.logs import configure_logging
-from flowprobe.probe.reader import open_ring
+from flowprobe.driver.capture import open_ring
 
 LINKTYPE_ETHERNET = 1
 

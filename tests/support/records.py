@@ -1,8 +1,8 @@
 """Test helper: build `struct ft_record` arrays (the layout of
-probe/flowtable/flowtable.h, declared in the exporters' own cffi module)."""
+include/ft_records.h, declared in the exporters' own cffi module)."""
 import ipaddress
 
-from flowprobe.exporters._enc import ffi
+from flowprobe.exporters._encode import ffi
 
 T0_NS = 1685577600_123_456_789      # 2023-06-01T00:00:00.123456789Z
 

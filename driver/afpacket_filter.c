@@ -1,5 +1,5 @@
 /*
- * bpf.c - classic BPF programs for the ring: tcpdump expressions compiled
+ * afpacket_filter.c - classic BPF programs for the ring: tcpdump expressions compiled
  * by libpcap on a LIVE handle of the capture interface (a dead handle never
  * emits the kernel's VLAN-metadata loads, so `vlan 100` would never match a
  * stripped tag), and the drop-all program used during set-up.
@@ -10,7 +10,7 @@
 #include <string.h>
 #include <pcap/pcap.h>
 
-#include "ring.h"
+#include "afpacket.h"
 
 _Static_assert(sizeof(struct ring_insn) == sizeof(struct bpf_insn),
                "ring_insn must match bpf_insn");

@@ -1,4 +1,4 @@
-"""TPACKET_V3 receive ring: the idiomatic class over flowprobe.driver._ring.
+"""TPACKET_V3 receive ring: the idiomatic class over flowprobe.driver._afpacket.
 
 One ``Ring`` is one AF_PACKET socket with an mmap'd RX ring (never a TX
 ring) bound to one interface, optionally a member of a PACKET_FANOUT_HASH
@@ -39,7 +39,7 @@ from typing import Any
 
 import structlog
 
-from flowprobe.driver._ring import ffi, lib
+from flowprobe.driver._afpacket import ffi, lib
 
 log = structlog.get_logger("flowprobe.ring")
 

@@ -1,4 +1,4 @@
-"""AF_XDP receive path: the idiomatic classes over flowprobe.driver._xdp.
+"""AF_XDP receive path: the idiomatic classes over flowprobe.driver._afxdp.
 
 ``XdpProgram`` is flowprobe's own XDP program on one interface: six
 hand-assembled instructions that redirect every frame to the XSK bound to
@@ -10,7 +10,7 @@ time a "flowprobe_xsk" program left by a netlink attach is removed; any other
 program on the interface is an error naming it.
 
 ``XskRing`` is one RX-only XSK socket on one queue with the interface of
-``driver.ring.Ring``::
+``driver.afpacket.Ring``::
 
     with XskRing("eth1", queue=0) as ring:           # owns its XdpProgram
         batch = table.packet_batch(ring.block_capacity)
@@ -32,20 +32,21 @@ Waiting: ``sleep`` (default) paces the reader: after a batch that did not
 fill its array it sleeps ``sleep_us`` before looking again, so a batch holds
 ~sleep_us of traffic (one Python round trip per batch, not per few frames).
 ``poll()`` makes the kernel wake the reader per packet (on veth, on the
-sender's CPU). Measured here at 250-500 kpps (trafgen, 2M frames, reader
-pinned): sleep 1000 us ~0.19 CPU s/Mpkt, 100 % captured; poll 0.7-1.4 CPU
-s/Mpkt; TPACKET_V3 0.11-0.14 for comparison.
+sender's CPU). On veth at 250-500 kpps (trafgen, 2M frames, reader
+pinned to its own CPU): sleep 1000 us ~0.19 CPU s/Mpkt, 100 %
+captured; poll 0.7-1.4 CPU s/Mpkt; TPACKET_V3 0.11-0.14 for comparison.
 """
 from __future__ import annotations
 
+import errno
 import socket
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from flowprobe.driver._xdp import ffi, lib
-from flowprobe.driver.ring import RingError
+from flowprobe.driver._afxdp import ffi, lib
+from flowprobe.driver.afpacket import RingError
 
 log = structlog.get_logger("flowprobe.xsk")
 
@@ -309,6 +310,13 @@ class XskRing:
         if rc < 0:
             raise XskError(self.iface, -rc, "refill AF_XDP fill ring")
         return True
+
+    def set_filter(self, expr: str) -> None:
+        """AF_XDP captures every frame of its queue: only the empty filter
+        is accepted (config.schema refuses a filter with backend afxdp)."""
+        if expr:
+            raise XskError(self.iface, errno.EOPNOTSUPP, f"attach filter {expr!r}",
+                           "AF_XDP captures every frame")
 
     def stats(self) -> dict:
         """64-bit totals: XDP_STATISTICS and the reader's own counters.

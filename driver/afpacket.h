@@ -1,14 +1,14 @@
 /*
- * ring.h - AF_PACKET TPACKET_V3 receive ring (RX only, never a TX ring).
+ * afpacket.h - AF_PACKET TPACKET_V3 receive ring (RX only, never a TX ring).
  *
- * Read verbatim as the cffi cdef by driver/_ring_build.py: declarations only,
+ * Read verbatim as the cffi cdef by driver/afpacket_build.py: declarations only,
  * no #include, no #if, no macros with expressions.
  *
  * Ownership and lifetime
  *   - ring_open() creates the socket, the mmap'd ring and the struct ring;
  *     ring_close() releases all three. Nothing is allocated afterwards.
  *   - ring_next_block() fills a caller-owned array of struct ft_pkt (see
- *     probe/flowtable/flowtable.h; passed as void *). Each ft_pkt.data points
+ *     include/ft_records.h; passed as void *). Each ft_pkt.data points
  *     INTO the mmap'd block: valid only until ring_release_block().
  *   - Blocks are handed back strictly in order; a block kept too long makes
  *     the kernel freeze the queue and drop (counted in freeze_q_cnt, drops).
@@ -102,7 +102,7 @@ int ring_set_filter(struct ring *r, const struct ring_insn *filter,
 int ring_stats(struct ring *r, struct ring_stats *out);
 
 /*
- * bpf.c: compile a tcpdump expression on a live libpcap handle of iface
+ * afpacket_filter.c: compile a tcpdump expression on a live libpcap handle of iface
  * (so VLAN tests use the kernel's VLAN metadata), accept returns set to
  * snaplen. Writes up to cap instructions; returns their count, or a
  * negative errno with a message in err. The process must be in the
