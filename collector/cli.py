@@ -36,9 +36,9 @@ one that arrives when no file descriptor is left; a connection silent for
 after it began, is cut; a message longer than --tcp-buffer cuts its
 connection. The template cache drops its least recently used template
 beyond each bound (templates_evicted_domain, templates_evicted_total).
-Memory ceiling at the defaults: about 250 MB RSS in all (measured
-under floods of 1,100 half-open connections and of 51 x 64 KB datagrams of
-templates; see the README). The kernel's UDP drops are reported
+Memory ceiling at the defaults: under 150 MB RSS in all (about 26 MB
+at start, at most ~60 MB of templates, 256 x 64 KB of TCP buffers; measured
+under floods, see the README). The kernel's UDP drops are reported
 (transport_udp_kernel_drops), and so is a receive buffer the kernel clamped
 (transport_udp_rcvbuf)."""
 
