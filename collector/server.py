@@ -385,8 +385,8 @@ class Collector:
             self.counters["udp_kernel_drops"] = sum(self._udp_drops.values())
 
     def _log_stats(self) -> None:
-        """Refusals and drops as warnings, then every counter: only what
-        changed since the last interval is worth a line."""
+        """Refusals and drops as warnings, then the main counters (the
+        summary at exit has them all): only a change is worth a line."""
         c, seen = self.counters, self._logged
         if c["tcp_refused"] > seen["tcp_refused"]:
             log.warning("tcp_connections_refused", new=c["tcp_refused"] - seen["tcp_refused"],
@@ -401,8 +401,14 @@ class Collector:
         state = (sum(c.values()), sum(self.decoder.counters.values()))
         if state != self._last_state:
             self._last_state = state
-            log.info("collector_stats", connections=len(self._peers),
-                     **{k: v for k, v in self.summary().items() if k != "sequence"})
+            d = self.decoder.counters
+            log.info("collector_stats", flows=d["flows"], messages=d["messages"],
+                     malformed_messages=d["malformed_messages"],
+                     tcp_connections_open=len(self._peers), tcp_refused=c["tcp_refused"],
+                     udp_datagrams=c["udp_datagrams"], udp_kernel_drops=c["udp_kernel_drops"],
+                     templates_cached=len(self.decoder.templates),
+                     templates_evicted=d["templates_evicted_domain"]
+                     + d["templates_evicted_total"])
 
     # -- reporting ---------------------------------------------------------
     def summary(self) -> dict:
