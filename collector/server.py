@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import selectors
 import socket
 import struct
@@ -145,6 +146,7 @@ class Collector:
                 self._sel.register(sock, selectors.EVENT_READ, self._on_accept)
                 if self._spare_fd is None:
                     self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+                    _check_fd_limit(self.limits.max_connections)
             sock.setblocking(False)
             bound = sock.getsockname()
             self.addresses.append((scheme, bound[0], bound[1]))
@@ -436,6 +438,17 @@ def _set_rcvbuf(sock: socket.socket, requested: int) -> dict:
     granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
     return {"requested": requested, "granted": granted, "clamped": granted < requested,
             "option": how}
+
+
+def _check_fd_limit(max_connections: int) -> None:
+    """Say at start when the descriptor limit, not --max-connections, will
+    end up refusing connections (accept() failing with EMFILE is handled,
+    but the operator should know which bound is the real one)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and max_connections + 32 > soft:
+        log.warning("tcp_max_connections_above_fd_limit", max_connections=max_connections,
+                    rlimit_nofile=soft, hint="raise LimitNOFILE / ulimit -n, or lower "
+                    "--max-connections")
 
 
 def _kernel_drops(sock: socket.socket) -> int | None:

@@ -204,6 +204,7 @@ def test_running_out_of_file_descriptors_is_counted_never_fatal(collect):
     assert summary["transport_tcp_accept_errors"] > 0
     assert summary["transport_tcp_refused_no_fd"] > 0
     assert summary["flows"] == 1
+    assert "tcp_max_connections_above_fd_limit" in c.stderr()
 
 
 def test_idle_trickling_and_oversized_peers_are_cut_and_counted():
