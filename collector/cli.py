@@ -37,8 +37,8 @@ after it began, is cut; a message longer than --tcp-buffer cuts its
 connection. The template cache drops its least recently used template
 beyond each bound (templates_evicted_domain, templates_evicted_total).
 Memory ceiling at the defaults: under 150 MB RSS in all (about 26 MB
-at start, at most ~60 MB of templates, 256 x 64 KB of TCP buffers; measured
-under floods, see the README). The kernel's UDP drops are reported
+at start, at most ~60 MB of templates, 256 x 64 KB of TCP buffers, ~10 MB
+of sequence states; measured under floods, see the README). The kernel's UDP drops are reported
 (transport_udp_kernel_drops), and so is a receive buffer the kernel clamped
 (transport_udp_rcvbuf)."""
 

@@ -54,7 +54,7 @@ _SET_HDR = struct.Struct("!HH")
 _U32 = 0xFFFFFFFF
 # Per-(exporter, domain) sequence states and warning keys: bounded too, as a
 # flood of random domains or spoofed source ports would grow them for ever.
-MAX_SEQUENCE_STATES = 65536
+MAX_SEQUENCE_STATES = 16384
 _MAX_WARNED = 65536
 
 # v9 options scope field types (RFC 3954 section 6.1): not IANA IEs.
