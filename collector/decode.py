@@ -39,6 +39,7 @@ from collections import Counter
 
 import structlog
 
+from .cache import TemplateCache
 from .netflow5 import V5_VERSION, decode_v5
 from .records import DecodeError, ReceivedField, ReceivedTemplate, uptime_age
 
@@ -51,6 +52,10 @@ _IPFIX_HDR = struct.Struct("!HHIII")      # version length export_time seq odid
 _V9_HDR = struct.Struct("!HHIIII")        # version count uptime secs seq source
 _SET_HDR = struct.Struct("!HH")
 _U32 = 0xFFFFFFFF
+# Per-(exporter, domain) sequence states and warning keys: bounded too, as a
+# flood of random domains or spoofed source ports would grow them for ever.
+MAX_SEQUENCE_STATES = 16384
+_MAX_WARNED = 65536
 
 # v9 options scope field types (RFC 3954 section 6.1): not IANA IEs.
 V9_SCOPE_NAMES = {1: "v9ScopeSystem", 2: "v9ScopeInterface",
@@ -60,9 +65,11 @@ V9_SCOPE_NAMES = {1: "v9ScopeSystem", 2: "v9ScopeInterface",
 class MessageDecoder:
     """Stateful decoder of export messages from any number of exporters."""
 
-    def __init__(self):
+    def __init__(self, **cache_limits):
+        """cache_limits: TemplateCache's max_templates, max_per_domain,
+        max_fields (see cache.py for what each bounds)."""
         self.counters: Counter = Counter()
-        self.templates: dict[tuple, ReceivedTemplate] = {}
+        self.templates = TemplateCache(self.counters, **cache_limits)
         self.gaps: dict[tuple, dict] = {}       # (proto, exporter, domain) -> stats
         self._next_seq: dict[tuple, int] = {}
         self._init_ms: dict[tuple, int] = {}     # systemInitTimeMilliseconds
@@ -94,6 +101,8 @@ class MessageDecoder:
     def summary(self) -> dict:
         """Counters plus the per-(exporter, domain) sequence gap table."""
         out = dict(sorted(self.counters.items()))
+        out["templates_cached"] = len(self.templates)
+        out["template_fields_cached"] = self.templates.fields
         out["sequence"] = [
             {"protocol": k[0], "exporter": _fmt_exporter(k[1]), "domain": k[2], **v}
             for k, v in sorted(self.gaps.items(), key=lambda kv: repr(kv[0]))]
@@ -151,37 +160,47 @@ class MessageDecoder:
 
     def _withdraw(self, exporter, odid, tid, setid):
         if tid == setid:
-            doomed = [k for k, t in self.templates.items()
-                      if k[:3] == ("ipfix", exporter, odid)
-                      and bool(t.scope_count) == (setid == 3)]
+            doomed = [k for k in self.templates.domain_keys(("ipfix", exporter, odid))
+                      if bool(self.templates.get(k).scope_count) == (setid == 3)]
         else:
             doomed = [("ipfix", exporter, odid, tid)]
         for key in doomed:
-            if self.templates.pop(key, None) is not None:
+            if self.templates.pop(key) is not None:
                 self.counters["templates_withdrawn"] += 1
             else:
                 self.counters["template_withdrawals_unknown"] += 1
 
     # -- NetFlow v9 (RFC 3954) ---------------------------------------------
     def _v9(self, buf: memoryview, exporter) -> list[dict]:
-        _, _, uptime, secs, seq, source = _V9_HDR.unpack_from(buf, 0)
+        _, count, uptime, secs, seq, source = _V9_HDR.unpack_from(buf, 0)
         self.counters["v9_messages"] += 1
         ctx = {"exporter": exporter, "domain": source, "export_ms": secs * 1000,
                "uptime_ms": uptime}
-        out = []
+        out, records = [], 0  # records: the header's count (RFC 3954 s5.1)
         for setid, body, end in self._sets(buf, _V9_HDR.size, len(buf), exporter):
             if setid == 0:
-                self._v9_templates(buf, body, end, exporter, source)
+                records += self._v9_templates(buf, body, end, exporter, source)
             elif setid == 1:
-                self._v9_options_templates(buf, body, end, exporter, source)
+                records += self._v9_options_templates(buf, body, end, exporter, source)
             elif setid >= 256:
-                out.extend(self._data_set(buf, body, end, setid, ctx, "v9") or ())
+                recs = self._data_set(buf, body, end, setid, ctx, "v9")
+                if recs is None:
+                    records = None  # unknown template: its records are uncountable
+                elif records is not None:
+                    records += len(recs)
+                out.extend(recs or ())
             else:
                 self._unknown_set(exporter, setid)
+        if records is not None and records != count:
+            self.counters["v9_count_mismatch"] += 1
+            self._warn("v9_count_mismatch", exporter, domain=source,
+                       header_count=count, records=records)
         self._check_seq("v9", exporter, source, seq, 1, False)  # counts packets
         return out
 
-    def _v9_templates(self, buf, off, end, exporter, source):
+    def _v9_templates(self, buf, off, end, exporter, source) -> int:
+        """Store each template of a template flowset; return how many."""
+        n = 0
         while off + 4 <= end:
             tid, count = struct.unpack_from("!HH", buf, off)
             off += 4
@@ -193,8 +212,12 @@ class MessageDecoder:
                       for i in range(count)]
             off += 4 * count
             self._store(("v9", exporter, source, tid), ReceivedTemplate(tid, fields))
+            n += 1
+        return n
 
-    def _v9_options_templates(self, buf, off, end, exporter, source):
+    def _v9_options_templates(self, buf, off, end, exporter, source) -> int:
+        """Store each options template of a flowset; return how many."""
+        n = 0
         while off + 6 <= end:
             tid, scope_len, opt_len = struct.unpack_from("!HHH", buf, off)
             off += 6
@@ -211,6 +234,8 @@ class MessageDecoder:
             off += opt_len
             self._store(("v9", exporter, source, tid),
                         ReceivedTemplate(tid, fields, scope_count=scope_len // 4))
+            n += 1
+        return n
 
     # -- NetFlow v5 (Cisco) --------------------------------------------------
     def _v5(self, data: bytes, exporter) -> list[dict]:
@@ -249,6 +274,10 @@ class MessageDecoder:
             if nxt > end or nxt <= off:
                 raise DecodeError("record of template %d past its set" % setid)
             off = nxt
+            if "_invalid" in rec:
+                self.counters["records_invalid_time"] += 1
+                self._warn("record_invalid_time", exporter, protocol=proto,
+                           domain=domain, template_id=setid, fields=rec["_invalid"])
             if tmpl.scope_count:
                 out.append(self._options(rec, tmpl, proto, exporter, domain))
             else:
@@ -295,9 +324,8 @@ class MessageDecoder:
     def _store(self, key, tmpl):
         if tmpl.min_length == 0:
             raise DecodeError("template %d has zero-length records" % tmpl.tid)
-        if key not in self.templates:
+        if self.templates.store(key, tmpl):
             self.counters["templates_learned"] += 1
-        self.templates[key] = tmpl
         self.counters["template_records"] += 1
 
     def _unknown_set(self, exporter, setid):
@@ -308,8 +336,16 @@ class MessageDecoder:
         """Compare with the expected sequence number, then advance it.
         v5 counts flows, v9 export packets, IPFIX data records."""
         key = (proto, exporter, domain)
-        stats = self.gaps.setdefault(key, {"messages": 0, "gaps": 0,
-                                           "missing": 0, "out_of_order": 0})
+        stats = self.gaps.get(key)
+        if stats is None:
+            if len(self.gaps) >= MAX_SEQUENCE_STATES:  # oldest state out
+                old = next(iter(self.gaps))
+                del self.gaps[old]
+                self._next_seq.pop(old, None)
+                self._init_ms.pop(old, None)
+                self.counters["sequence_states_evicted"] += 1
+            stats = self.gaps[key] = {"messages": 0, "gaps": 0,
+                                      "missing": 0, "out_of_order": 0}
         stats["messages"] += 1
         expected = self._next_seq.get(key)
         self._next_seq[key] = None if resync else (seq + advance) & _U32
@@ -338,6 +374,8 @@ class MessageDecoder:
         """Rate-limited warning: the 1st, 2nd, 4th, 8th... of each kind
         per exporter, with the running count."""
         key = (event, exporter)
+        if key not in self._warned and len(self._warned) >= _MAX_WARNED:
+            self._warned.clear()  # rate limiting starts over
         self._warned[key] += 1
         n = self._warned[key]
         if n & (n - 1) == 0:

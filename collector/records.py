@@ -30,6 +30,10 @@ VARLEN = 65535
 _EPOCH = datetime(1970, 1, 1)
 _NTP_OFFSET_S = 2208988800
 _U32 = 0xFFFFFFFF
+# The last millisecond a dateTimeMilliseconds value may name (9999-12-31,
+# what datetime and most consumers can represent); a larger value is out of
+# range: the field is left out of its record, which is flagged (`_invalid`).
+MAX_DATETIME_MS = 253402300799999
 
 
 class DecodeError(Exception):
@@ -38,30 +42,36 @@ class DecodeError(Exception):
 
 class ReceivedField:
     """One template field: IE identity, wire length, name and type name."""
-    __slots__ = ("pen", "num", "length", "name", "type")
+    __slots__ = ("pen", "num", "length", "name", "type", "known")
 
     def __init__(self, pen: int, num: int, length: int, name: str | None = None):
         self.pen, self.num, self.length = pen, num, length
+        self.known = False
         if name:  # a v9 scope field: not an IANA IE, an unsigned integer
             self.name, self.type = name, "unsigned"
             return
         try:
             elem = ipfix.ie.for_spec("(%d/%d)" % (pen, num))
             self.name, self.type = elem.name, elem.type.roottype.name
+            self.known = True
         except (ValueError, KeyError):
             self.name, self.type = "_ipfix_%d_%d" % (pen, num), "octetArray"
 
 
 class ReceivedTemplate:
     """A (options) template as received; `pkg` is the ipfix-package template
-    used for fast decoding when the package can handle this layout."""
+    used for fast decoding when the package can handle this layout: fixed
+    lengths and registered IEs only, because the package registers every
+    unknown (enterprise, id) it is shown in a process-wide table that nothing
+    ever shrinks (random enterprise numbers in templates would grow it for
+    ever)."""
 
     def __init__(self, tid: int, fields: list[ReceivedField], scope_count: int = 0):
         self.tid, self.fields, self.scope_count = tid, fields, scope_count
         self.varlen = any(f.length == VARLEN for f in fields)
         self.min_length = sum(1 if f.length == VARLEN else f.length for f in fields)
         self.pkg = None
-        if not self.varlen and not any(f.type == "unsigned" for f in fields):
+        if not self.varlen and all(f.known for f in fields):
             try:
                 tmpl = ipfix.template.Template(tid)
                 for f in fields:
@@ -73,10 +83,17 @@ class ReceivedTemplate:
                 self.pkg = None
 
     def decode(self, buf: memoryview, offset: int) -> tuple[dict, int]:
-        """Decode one record at offset; return (dict, next offset)."""
+        """Decode one record at offset; return (dict, next offset). A
+        dateTimeMilliseconds value past MAX_DATETIME_MS is left out and its
+        name listed in the record's `_invalid`: one bad field costs its
+        record's time, not the message."""
         if self.pkg is not None:
-            vals, end = self.pkg.decode_from(buf, offset)
-            return {f.name: _from_pkg(f, v) for f, v in zip(self.fields, vals)}, end
+            try:
+                vals, end = self.pkg.decode_from(buf, offset)
+            except (ValueError, OverflowError):
+                pass  # a value the package cannot represent: by hand below
+            else:
+                return {f.name: _from_pkg(f, v) for f, v in zip(self.fields, vals)}, end
         rec = {}
         for f in self.fields:
             length = f.length
@@ -89,7 +106,11 @@ class ReceivedTemplate:
             raw = bytes(buf[offset:offset + length])
             if len(raw) < length:
                 raise DecodeError("record runs past its set")
-            rec[f.name] = _from_raw(f.type, raw)
+            value = _from_raw(f.type, raw)
+            if f.type == "dateTimeMilliseconds" and value > MAX_DATETIME_MS:
+                rec.setdefault("_invalid", []).append(f.name)
+            else:
+                rec[f.name] = value
             offset += length
         return rec, offset
 

@@ -334,6 +334,7 @@ def test_softflowd_export_matches_nfdump(nfcapd, tmp_path, version, pcap):
     assert sum(r["octetDeltaCount"] for r in flows) == sum(b for _, b in nf)
     assert summary.get("data_sets_unknown_template", 0) == 0
     assert summary.get("malformed_messages", 0) == 0
+    assert summary["transport_udp_kernel_drops"] == 0
     assert all(r["flowStartMilliseconds"] <= r["flowEndMilliseconds"] for r in flows)
     if "6" in pcap:
         assert all(r["ipVersion"] == 6 and ":" in r["sourceIPv6Address"] for r in flows)
