@@ -21,6 +21,8 @@ class ExitCode(enum.IntEnum):
     # 4 is not used: it meant "export setup failed", which never ends a process
     # (an unreachable collector is a counter); not reused, so scripts keep meanings.
     INPUT = 5            # an input file is missing, unreadable or not a capture
+    INTERFACE_GONE = 6   # a reader's capture interface was deleted (its flows exported);
+                         # the probe's exit code under supervisor.on_interface_gone: halt
     INTERRUPTED = 130    # SIGINT (128 + 2)
 
 

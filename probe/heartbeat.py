@@ -10,9 +10,14 @@ every reader inherits it and writes only its own slot. A slot holds
       beat_ns    uint64   CLOCK_MONOTONIC of the last heartbeat (system-wide)
       seq        uint64   seqlock of the stats snapshot: odd while written
       length     uint32   bytes of the JSON snapshot
+      held       3 x uint64  flows, packets, octets the reader holds and has
+                          not exported yet (written with every beat)
     stats      (SLOT_BYTES - 64) a JSON snapshot of every counter
 
-The heartbeat is one 8-byte store per loop turn; the snapshot is rewritten a
+The heartbeat is a few 8-byte stores per loop turn, idle or not, and after
+every batch of records handed to the exporters: its age is the time since
+the reader last made progress, and the held counters are what a reader
+killed now would lose (exact to one batch of records). The snapshot is rewritten a
 few times per second (bounded size; a snapshot that does not fit is
 replaced by ``{"truncated": true}``). Readers of the snapshot retry while the
 seqlock is odd or changed (one writer per slot, so no lock is needed).
@@ -34,7 +39,8 @@ EMPTY, STARTING, RUNNING, STOPPING = 0, 1, 2, 3
 STATE_NAMES = {EMPTY: "empty", STARTING: "starting", RUNNING: "running",
                STOPPING: "stopping"}
 
-_PID, _STATE, _GEN, _BEAT, _SEQ, _LEN = 0, 8, 12, 16, 24, 32
+_PID, _STATE, _GEN, _BEAT, _SEQ, _LEN, _HELD = 0, 8, 12, 16, 24, 32, 40
+HELD = struct.Struct("<QQQ")
 
 
 class Slot:
@@ -52,10 +58,13 @@ class Slot:
         The beat is written before the pid: the supervisor takes a slot
         whose pid matches as started, and must never see it with the zero
         beat of a cleared slot (it would read as decades-old)."""
-        self.beat()
+        self.beat((0, 0, 0))
         struct.pack_into("<qII", self._buf, self._off + _PID, pid, STARTING, generation)
 
-    def beat(self) -> None:
+    def beat(self, held: tuple[int, int, int] | None = None) -> None:
+        """Progress: the beat time, and what the reader now holds unexported."""
+        if held is not None:
+            HELD.pack_into(self._buf, self._off + _HELD, *held)
         struct.pack_into("<Q", self._buf, self._off + _BEAT, time.monotonic_ns())
 
     def set_state(self, state: int) -> None:
@@ -80,6 +89,11 @@ class Slot:
         pid, state, gen, beat, seq, length = HEADER.unpack_from(self._buf, self._off)
         return {"pid": pid, "state": state, "generation": gen, "beat_ns": beat,
                 "seq": seq, "length": length}
+
+    def held(self) -> dict[str, int]:
+        """Flows, packets and octets the reader held at its last beat."""
+        flows, packets, octets = HELD.unpack_from(self._buf, self._off + _HELD)
+        return {"flows": flows, "packets": packets, "octets": octets}
 
     def beat_age_s(self) -> float:
         (beat,) = struct.unpack_from("<Q", self._buf, self._off + _BEAT)
