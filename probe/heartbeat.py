@@ -17,13 +17,19 @@ every reader inherits it and writes only its own slot. A slot holds
 The heartbeat is a few 8-byte stores per loop turn, idle or not, and after
 every batch of records handed to the exporters: its age is the time since
 the reader last made progress, and the held counters are what a reader
-killed now would lose (exact to one batch of records). The snapshot is rewritten a
+killed now would lose (exact to one batch of records). The beat and the
+held counters are aligned 64-bit words written and read whole through a
+ctypes view (one store, one load): struct.pack_into writes byte by byte, and
+a supervisor reading a beat half-written saw ages like 34 s or 2233 s and
+killed healthy readers that were beating thousands of times a second. The
+snapshot is rewritten a
 few times per second (bounded size; a snapshot that does not fit is
 replaced by ``{"truncated": true}``). Readers of the snapshot retry while the
 seqlock is odd or changed (one writer per slot, so no lock is needed).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import struct
@@ -40,7 +46,7 @@ STATE_NAMES = {EMPTY: "empty", STARTING: "starting", RUNNING: "running",
                STOPPING: "stopping"}
 
 _PID, _STATE, _GEN, _BEAT, _SEQ, _LEN, _HELD = 0, 8, 12, 16, 24, 32, 40
-HELD = struct.Struct("<QQQ")
+_HEADER_WORDS = ctypes.c_uint64 * (HEADER_BYTES // 8)   # little endian (x86-64, arm64)
 
 
 class Slot:
@@ -50,6 +56,8 @@ class Slot:
         self._buf = buf
         self.index = index
         self._off = index * SLOT_BYTES
+        # the header as aligned 64-bit words: whole stores and loads
+        self._words = _HEADER_WORDS.from_buffer(buf, self._off)
 
     # -- reader side -----------------------------------------------------
     def reset(self, pid: int, generation: int) -> None:
@@ -63,9 +71,10 @@ class Slot:
 
     def beat(self, held: tuple[int, int, int] | None = None) -> None:
         """Progress: the beat time, and what the reader now holds unexported."""
+        w = self._words
         if held is not None:
-            HELD.pack_into(self._buf, self._off + _HELD, *held)
-        struct.pack_into("<Q", self._buf, self._off + _BEAT, time.monotonic_ns())
+            w[_HELD // 8], w[_HELD // 8 + 1], w[_HELD // 8 + 2] = held
+        w[_BEAT // 8] = time.monotonic_ns()
 
     def set_state(self, state: int) -> None:
         struct.pack_into("<I", self._buf, self._off + _STATE, state)
@@ -86,17 +95,19 @@ class Slot:
 
     # -- supervisor side -------------------------------------------------
     def header(self) -> dict[str, int]:
-        pid, state, gen, beat, seq, length = HEADER.unpack_from(self._buf, self._off)
+        pid, state, gen, _, seq, length = HEADER.unpack_from(self._buf, self._off)
+        beat = self._words[_BEAT // 8]
         return {"pid": pid, "state": state, "generation": gen, "beat_ns": beat,
                 "seq": seq, "length": length}
 
     def held(self) -> dict[str, int]:
         """Flows, packets and octets the reader held at its last beat."""
-        flows, packets, octets = HELD.unpack_from(self._buf, self._off + _HELD)
+        w = self._words
+        flows, packets, octets = w[_HELD // 8], w[_HELD // 8 + 1], w[_HELD // 8 + 2]
         return {"flows": flows, "packets": packets, "octets": octets}
 
     def beat_age_s(self) -> float:
-        (beat,) = struct.unpack_from("<Q", self._buf, self._off + _BEAT)
+        beat = self._words[_BEAT // 8]     # before the clock: an age is never negative
         return (time.monotonic_ns() - beat) / 1e9
 
     def snapshot(self, tries: int = 100) -> dict[str, Any] | None:
@@ -133,4 +144,7 @@ class SlotTable:
         return Slot(self._buf, index)
 
     def close(self) -> None:
-        self._buf.close()
+        try:
+            self._buf.close()
+        except BufferError:    # a Slot's word view is still alive: freed with it
+            pass
