@@ -1,0 +1,172 @@
+"""Live `flowprobe run --workers 2` when its capture interface is deleted
+(the test's own veth, in the test's own namespace), and what a reader killed
+mid-stream is counted as losing (issue 13, items 4 and 6)."""
+import os
+import signal
+import time
+
+from test_supervisor import (collector, make_capture, nfdump_flows, ns, probes,  # noqa: F401
+                             start, truth_flows, wait_until, PPS)
+from conftest import _disable_ipv6
+
+from flowprobe.probe import stats as fpstats
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of ``pid`` in seconds (/proc/PID/stat fields 14, 15)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_over(pids, seconds=1.0):
+    before = {p: cpu_seconds(p) for p in pids}
+    time.sleep(seconds)
+    return {p: (cpu_seconds(p) - before[p]) / seconds for p in pids}
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(x) for x in fh.read().split()]
+
+
+def delete_capture_veth(pair):
+    """Delete the test's veth pair (its capture end, inside its own namespace)."""
+    pair.run(pair.cap_ns, "ip", "link", "del", pair.cap_if)
+
+
+def recreate_capture_veth(pair):
+    """The pair again, under the same names, as the veth fixture makes it."""
+    pair.run(pair.cap_ns, "ip", "link", "add", pair.cap_if, "type", "veth", "peer", "name",
+             pair.send_if, "netns", pair.send_ns)
+    _disable_ipv6(pair.cap_ns, pair.cap_if)
+    _disable_ipv6(pair.send_ns, pair.send_if)
+    pair.run(pair.send_ns, "ethtool", "-K", pair.send_if, "tso", "off", "gso", "off", "tx", "off")
+    pair.run(pair.cap_ns, "ethtool", "-K", pair.cap_if, "gro", "off")
+    pair.run(pair.send_ns, "ip", "link", "set", pair.send_if, "up")
+    pair.run(pair.cap_ns, "ip", "link", "set", pair.cap_if, "up")
+
+
+def policy(name):
+    # continues BASE_CFG's supervisor section
+    return (f"  on_interface_gone: {name}\n  interface_wait_max_s: 0.5\n"
+            "export: [ipfix://127.0.0.1:4739]\nflow:\n  idle_timeout_s: 600\n")
+
+
+def test_interface_deleted_readers_export_and_wait_then_resume(ns, tmp_path, probes):
+    """on_interface_gone: wait. Deleting the capture veth ends both readers at
+    once (interface_gone, exit 6, every flow exported: no spin, nothing
+    lost); stats shows them waiting; when the veth is back both readers
+    restart and capture again; the collector gets exactly both captures."""
+    path_a, truth_a = make_capture(tmp_path, "a", seed=61)
+    path_b, truth_b = make_capture(tmp_path, "b", seed=62, flows=200, packets=2000)
+    nf = tmp_path / "nf"
+    with collector(ns, nf, 4739):
+        p = start(probes, ns, tmp_path, policy("wait"))
+        ns.send(path_a, pps=PPS)
+        p.wait_accepted(truth_a.packets)
+        readers = [r["pid"] for r in p.stats()["readers"]]
+        t0 = time.monotonic()
+        delete_capture_veth(ns)
+        wait_until(lambda: len(p.events("waiting_for_interface")) == 2, 5, "both readers out")
+        assert time.monotonic() - t0 < 2.0
+        gone = p.events("interface_gone")
+        assert sorted(e["pid"] for e in gone) == sorted(readers)
+        assert {e["exit_code"] for e in p.events("reader_exited")} == {6}
+        # nothing spins: no reader process left, the supervisor near idle
+        assert not [c for c in children(p.proc.pid) if c in readers]
+        load = cpu_over([p.proc.pid], 2.0)[p.proc.pid]
+        assert load < 0.10, f"supervisor uses {load:.0%} of a CPU while waiting"
+        doc = p.stats()
+        assert doc["running"] == 0
+        assert [r["state"] for r in doc["readers"]] == ["waiting_interface"] * 2
+        assert doc["lost"] == {"flows": 0, "packets": 0, "octets": 0}
+        t = doc["total"]["table"]
+        assert t["packets_accepted"] == t["packets_emitted"] == truth_a.packets
+        assert t["flows_active"] == 0
+        assert fpstats.records_exported(doc["total"]) == t["records_emitted"]
+
+        recreate_capture_veth(ns)
+        wait_until(lambda: p.stats()["running"] == 2, 10, "readers running again")
+        assert len(p.events("interface_back")) == 2
+        ns.send(path_b, pps=PPS)
+        p.wait_accepted(truth_a.packets + truth_b.packets)
+        final = p.stop()
+    got, records = nfdump_flows(nf)
+    want = truth_flows(truth_a, truth_b)
+    assert got == want
+    assert records == fpstats.records_exported(final)
+    assert final["lost"] == {"flows": 0, "packets": 0, "octets": 0}
+
+
+def test_interface_deleted_with_halt_policy_exports_and_exits_6(ns, tmp_path, probes):
+    """on_interface_gone: halt. The readers export what they held, the probe
+    halts with exit 6 (INTERFACE_GONE) within seconds, and the collector
+    has exactly what was captured before the deletion."""
+    path, truth = make_capture(tmp_path, "a", seed=63)
+    nf = tmp_path / "nf"
+    with collector(ns, nf, 4739):
+        p = start(probes, ns, tmp_path, policy("halt"))
+        ns.send(path, pps=PPS)
+        p.wait_accepted(truth.packets)
+        t0 = time.monotonic()
+        delete_capture_veth(ns)
+        code = p.wait(timeout=30)
+        took = time.monotonic() - t0
+    assert code == 6, "".join(p.lines[-20:])
+    assert took < 5.0
+    assert p.events("interface_gone") and p.events("halting")
+    (final,) = p.events("probe_stopped")
+    assert final["exit_code"] == 6
+    assert final["lost"] == {"flows": 0, "packets": 0, "octets": 0}
+    assert final["table"]["packets_emitted"] == truth.packets
+    got, records = nfdump_flows(nf)
+    assert got == truth_flows(truth)
+    assert records == fpstats.records_exported(final)
+
+
+def test_an_idle_readers_heartbeat_age_stays_below_its_tick(ns, tmp_path, probes):
+    """With no traffic at all, each reader's heartbeat age (time since its
+    last loop turn) stays below the 100 ms tick plus scheduling slack."""
+    p = start(probes, ns, tmp_path, "")
+    ages = []
+    for _ in range(20):
+        ages += [r["heartbeat_age_s"] for r in p.stats()["readers"]]
+        time.sleep(0.05)
+    assert len(ages) == 40 and max(ages) < 0.3, ages
+    p.stop()
+
+
+def test_kill9_lost_plus_received_equals_the_truth(ns, tmp_path, probes):
+    """kill -9 of a reader right after it exported flows (idle timeout 1 s):
+    the flows and packets counted lost plus what the collector received are
+    exactly the truth, so nothing already exported is counted lost."""
+    path_a, truth_a = make_capture(tmp_path, "a", seed=64, flows=600, packets=6000)
+    path_b, truth_b = make_capture(tmp_path, "b", seed=65, flows=200, packets=2000)
+    nf = tmp_path / "nf"
+    with collector(ns, nf, 4739):
+        p = start(probes, ns, tmp_path, "export: [ipfix://127.0.0.1:4739]\n"
+                  "flow:\n  idle_timeout_s: 1\n  active_timeout_s: 600\n")
+        ns.send(path_a, pps=PPS)
+        p.wait_accepted(truth_a.packets)
+        # the victim exports its idle flows about 1 s after the last packet:
+        # kill it as soon as it has exported some
+        victim = p.stats()["readers"][0]
+        exported = wait_until(
+            lambda: fpstats.records_exported(p.stats()["readers"][0]["counters"]) or None,
+            5, "the victim's first records")
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_until(lambda: p.stats()["readers"][0]["state"] == "running"
+                   and p.stats()["readers"][0]["pid"] != victim["pid"], 10, "restart")
+        ns.send(path_b, pps=PPS)
+        p.wait_accepted(truth_a.packets + truth_b.packets)
+        final = p.stop()
+    got, records = nfdump_flows(nf)
+    lost = final["lost"]
+    received_packets = sum(v[0] for v in got.values())
+    assert exported > 0
+    assert received_packets + lost["packets"] == truth_a.packets + truth_b.packets
+    assert records + lost["flows"] == len(truth_a.flows) + len(truth_b.flows)
+    assert all(k in truth_flows(truth_a, truth_b) for k in got)
