@@ -263,7 +263,7 @@ class Reader:
         next_stats = next_tick + stats_interval_s
         next_iface_check = next_tick + IFACE_CHECK_S
         self.progress = beat
-        while not self.stopping:
+        while not self.stopping and not self.interface_gone:
             if beat is not None:
                 beat()
             # Round up: truncating would poll with timeout 0, spinning
@@ -275,8 +275,9 @@ class Reader:
                 if exc.errno not in IFACE_ERRNOS:
                     raise
                 self.check_interface(exc)
-                if self.interface_gone:
-                    break
+                if not self.interface_gone:
+                    # only down: wait out the tick rather than retry at once
+                    time.sleep(max(0.0, next_tick - time.monotonic()))
             now = time.monotonic()
             if now >= next_tick:
                 self.housekeeping(time.time_ns())

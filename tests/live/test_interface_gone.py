@@ -170,3 +170,32 @@ def test_kill9_lost_plus_received_equals_the_truth(ns, tmp_path, probes):
     assert received_packets + lost["packets"] == truth_a.packets + truth_b.packets
     assert records + lost["flows"] == len(truth_a.flows) + len(truth_b.flows)
     assert all(k in truth_flows(truth_a, truth_b) for k in got)
+
+
+def test_link_down_is_not_gone_readers_stay_idle_and_resume(ns, tmp_path, probes):
+    """The capture link set down (not deleted): each reader logs
+    interface_down once and keeps running without spinning; set up again,
+    it captures again, and every packet is exported."""
+    path_a, truth_a = make_capture(tmp_path, "a", seed=66, flows=100, packets=1000)
+    path_b, truth_b = make_capture(tmp_path, "b", seed=67, flows=100, packets=1000)
+    nf = tmp_path / "nf"
+    with collector(ns, nf, 4739):
+        p = start(probes, ns, tmp_path, policy("wait"))
+        readers = [r["pid"] for r in p.stats()["readers"]]
+        ns.send(path_a, pps=PPS)
+        p.wait_accepted(truth_a.packets)
+        ns.run(ns.cap_ns, "ip", "link", "set", ns.cap_if, "down")
+        wait_until(lambda: len(p.events("interface_down")) == 2, 5, "interface_down")
+        load = cpu_over(readers, 1.0)
+        assert all(v < 0.10 for v in load.values()), load
+        assert [r["pid"] for r in p.stats()["readers"]] == readers
+        assert p.stats()["running"] == 2 and not p.events("interface_gone")
+        ns.run(ns.cap_ns, "ip", "link", "set", ns.cap_if, "up")
+        time.sleep(0.5)
+        ns.send(path_b, pps=PPS)
+        p.wait_accepted(truth_a.packets + truth_b.packets)
+        assert len(p.events("interface_down")) == 2
+        final = p.stop()
+    got, _ = nfdump_flows(nf)
+    assert got == truth_flows(truth_a, truth_b)
+    assert final["lost"] == {"flows": 0, "packets": 0, "octets": 0}
