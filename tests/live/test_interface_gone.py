@@ -5,8 +5,8 @@ import os
 import signal
 import time
 
-from test_supervisor import (collector, make_capture, nfdump_flows, ns, probes,  # noqa: F401
-                             start, truth_flows, wait_until, PPS)
+from test_supervisor import (Probe, collector, make_capture, nfdump_flows, ns,  # noqa: F401
+                             probes, start, truth_flows, wait_until, PPS)
 from conftest import _disable_ipv6
 
 from flowprobe.probe import stats as fpstats
@@ -195,6 +195,42 @@ def test_link_down_is_not_gone_readers_stay_idle_and_resume(ns, tmp_path, probes
         ns.send(path_b, pps=PPS)
         p.wait_accepted(truth_a.packets + truth_b.packets)
         assert len(p.events("interface_down")) == 2
+        final = p.stop()
+    got, _ = nfdump_flows(nf)
+    assert got == truth_flows(truth_a, truth_b)
+    assert final["lost"] == {"flows": 0, "packets": 0, "octets": 0}
+
+
+class XdpProbe(Probe):
+    """The probe with the AF_XDP backend (skb mode: one reader on a veth)."""
+
+    def write_config(self, body, hb=10.0, bpf=""):
+        self.cfg.write_text("capture:\n  backend: afxdp\n  xdp_mode: skb\n"
+                            f"supervisor:\n  heartbeat_timeout_s: {hb}\n"
+                            f"  stats_socket: {self.sock}\n" + body)
+
+
+def test_afxdp_interface_deleted_and_back_reattaches_and_resumes(ns, tmp_path, probes):
+    """AF_XDP, on_interface_gone: wait. The reader gets no socket error, so
+    its once-a-second name lookup finds the interface gone: it exports and
+    exits 6; when the veth is back the supervisor attaches its XDP program
+    to the new interface and the reader captures again, exactly."""
+    path_a, truth_a = make_capture(tmp_path, "a", seed=68, flows=100, packets=1000)
+    path_b, truth_b = make_capture(tmp_path, "b", seed=69, flows=100, packets=1000)
+    nf = tmp_path / "nf"
+    with collector(ns, nf, 4739):
+        p = XdpProbe(ns, tmp_path, policy("wait"))
+        probes.append(p)
+        ns.send(path_a, pps=PPS)
+        p.wait_accepted(truth_a.packets)
+        delete_capture_veth(ns)
+        wait_until(lambda: p.events("waiting_for_interface"), 5, "reader out")
+        assert p.stats()["lost"]["packets"] == 0
+        recreate_capture_veth(ns)
+        wait_until(lambda: p.stats()["running"] == 1, 15, "reader running again")
+        assert len(p.events("xdp_program_attached")) == 2
+        ns.send(path_b, pps=PPS)
+        p.wait_accepted(truth_a.packets + truth_b.packets)
         final = p.stop()
     got, _ = nfdump_flows(nf)
     assert got == truth_flows(truth_a, truth_b)
