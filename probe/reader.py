@@ -61,14 +61,6 @@ def linktype_of(iface: str) -> int:
     return ARPHRD_LINKTYPE[arphrd]
 
 
-def interface_index(iface: str) -> int:
-    """The interface's current ifindex, or 0 when it does not exist."""
-    try:
-        return socket.if_nametoindex(iface)
-    except OSError:
-        return 0
-
-
 def open_ring(cfg, iface: str, index: int, fanout_group: int = 0):
     """The one factory of capture rings (reader ``index`` on ``iface``).
 
@@ -388,6 +380,14 @@ class Reader:
 def _sequences(exporters) -> dict[str, dict[str, int]]:
     return {e.name: {a: getattr(e.encoder, a) for a in SEQUENCE_ATTRS
                      if hasattr(e.encoder, a)} for e in exporters}
+
+
+def interface_index(iface: str) -> int:
+    """The interface's current ifindex, or 0 when it does not exist."""
+    try:
+        return socket.if_nametoindex(iface)
+    except OSError:
+        return 0
 
 
 def _ring_error_type() -> type:

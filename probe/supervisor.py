@@ -39,7 +39,8 @@ from flowprobe.logs import LineStream, configure_logging, get_logger
 from flowprobe.probe import heartbeat, privdrop, stats
 from flowprobe.probe.config_checks import check_config, needs_new_rings
 from flowprobe.probe.metrics import MetricsServer
-from flowprobe.probe.reader import attach_shared_programs, interface_index, rings_per_interface
+from flowprobe.probe.reader import attach_shared_programs, rings_per_interface
+from flowprobe.probe.reader import interface_index
 from flowprobe.probe.readerproc import ReaderOptions, ReaderProcess, ReaderSpec
 from flowprobe.probe.sdnotify import Notifier
 
