@@ -11,8 +11,8 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-APT_PACKAGES := build-essential python3-dev python3-venv libpcap-dev clang \
-	libclang-rt-14-dev softflowd nfdump tshark tcpreplay netsniff-ng tcpdump \
+APT_PACKAGES := build-essential python3-dev python3-venv python3-pip libpcap-dev clang \
+	libclang-rt-14-dev softflowd nfdump pmacct tshark tcpreplay netsniff-ng tcpdump \
 	iproute2 ethtool libxdp-dev libbpf-dev pkg-config \
 	dpkg-dev help2man lintian debootstrap systemd systemd-container acl \
 	libndpi-dev

@@ -22,6 +22,8 @@ class ExitCode(enum.IntEnum):
     # (an unreachable collector is a counter); not reused, so scripts keep meanings.
     INPUT = 5            # an input file is missing, unreadable or not a capture
     EXPORT_INCOMPLETE = 6  # replay: an exporter did not export every record
+    INTERFACE_GONE = 7   # a reader's capture interface was deleted (its flows exported);
+                         # the probe's exit code under supervisor.on_interface_gone: halt
     INTERRUPTED = 130    # SIGINT (128 + 2)
 
 

@@ -348,6 +348,8 @@ class SupervisorConfig:
     stats_socket: str = setting("/run/flowprobe/flowprobe.sock")
     graceful_timeout_s: float = setting(30.0, positive=True)
     restart_backoff_max_s: float = setting(30.0, positive=True)
+    on_interface_gone: str = setting("wait", choices=("wait", "halt"))
+    interface_wait_max_s: float = setting(5.0, positive=True)
 
 
 @dataclass(frozen=True)

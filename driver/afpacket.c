@@ -294,7 +294,22 @@ static int wait_block(struct ring *r, int timeout_ms)
     rc = poll(&pfd, 1, timeout_ms);
     if (rc < 0)
         return errno == EINTR ? 0 : -errno;
-    return block_ready(b);
+    if (block_ready(b))
+        return 1;
+    if (pfd.revents & (POLLERR | POLLNVAL)) {
+        /* The socket's pending error (ENETDOWN when the interface went
+         * down or was deleted), read once: SO_ERROR clears it, so a caller
+         * that goes on waiting is never woken again for the same error. */
+        int err = 0;
+        socklen_t len = sizeof(err);
+
+        if (pfd.revents & POLLNVAL)
+            return -EBADF;
+        if (getsockopt(r->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            return -errno;
+        return err ? -err : 0;
+    }
+    return 0;
 }
 
 static inline int keep_sample(struct ring *r)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import errno
 import math
+import os
+import socket
 import time
 from typing import Any, Callable
 
@@ -35,6 +37,9 @@ from flowprobe.probe.sinks import JsonLines
 SEQUENCE_ATTRS = ("sequence", "package_sequence", "flow_sequence")
 
 TICK_S = 0.1             # how often the clock advances without packets
+IFACE_CHECK_S = 1.0      # how often a reader checks that its interface exists
+#: errnos of a capture socket whose interface went down or away
+IFACE_ERRNOS = (errno.ENETDOWN, errno.ENXIO, errno.ENODEV)
 
 
 
@@ -63,6 +68,8 @@ class Reader:
         self.linktype = linktype_of(iface)
         self.log = log or get_logger(iface=iface, ring=index)
         self.stopping = False
+        self.interface_gone = False
+        self.progress: Callable[[], None] | None = None   # run(beat=...)
         self.final_stats: dict[str, Any] = {}
         # index: the reader's slot (observation domain); worker: its place
         # among the readers of this interface (the queue, for AF_XDP)
@@ -82,6 +89,8 @@ class Reader:
             self.json_sink(records, n)
         if self.exporters is not None:
             self.exporters.sink(records, n)
+        if self.progress is not None:
+            self.progress()     # exported: the heartbeat and held counters move on
 
     # -- the loop ------------------------------------------------------
     def read_block(self, timeout_ms: int) -> int:
@@ -114,35 +123,74 @@ class Reader:
     def run(self, *, beat: Callable[[], None] | None = None,
             between_blocks: Callable[[float], None] | None = None,
             stats_interval_s: float = 30.0) -> int:
-        """Read until stopped. ``beat`` runs every turn (heartbeat);
+        """Read until stopped or the interface is gone. ``beat`` runs every
+        turn, idle or not (heartbeat and held counters);
         ``between_blocks(now)`` after each housekeeping tick (publish stats,
         read control messages)."""
         self.log.info("reader_started", linktype=self.linktype,
                       ring_block_capacity=self.ring.block_capacity)
         next_tick = time.monotonic()
         next_stats = next_tick + stats_interval_s
-        while not self.stopping:
+        next_iface_check = next_tick + IFACE_CHECK_S
+        self.progress = beat
+        while not self.stopping and not self.interface_gone:
             if beat is not None:
                 beat()
             # Round up: truncating would poll with timeout 0, spinning
             # through the last millisecond before every tick.
             timeout_ms = max(0, math.ceil((next_tick - time.monotonic()) * 1000))
-            self.read_block(timeout_ms)
+            try:
+                self.read_block(timeout_ms)
+            except self._ring_error as exc:
+                if exc.errno not in IFACE_ERRNOS:
+                    raise
+                self.check_interface(exc)
+                if not self.interface_gone:
+                    # only down: wait out the tick rather than retry at once
+                    time.sleep(max(0.0, next_tick - time.monotonic()))
             now = time.monotonic()
             if now >= next_tick:
                 self.housekeeping(time.time_ns())
                 if between_blocks is not None:
                     between_blocks(now)
                 next_tick = now + TICK_S
+            if now >= next_iface_check:
+                # an interface deleted while down, or an AF_XDP socket (no
+                # error reaches a sleeping reader): look for it by name
+                self.check_interface(None)
+                next_iface_check = now + IFACE_CHECK_S
             if now >= next_stats:
                 self.log.info("reader_stats", **self.stats())
                 next_stats = now + stats_interval_s
+        if self.interface_gone:
+            self.shutdown()
+            return ExitCode.INTERFACE_GONE
         return self.shutdown()
+
+    def check_interface(self, exc: OSError | None) -> None:
+        """After ENETDOWN/ENXIO/ENODEV from the ring (``exc``) or on the
+        periodic check (None): the interface is gone when no interface of
+        that name has the ring's ifindex any more. A link that is only down
+        is logged once (the kernel rebinds the socket when it comes back up;
+        SO_ERROR was read, so the wait blocks again: no spin)."""
+        if interface_index(self.iface) == self.ring.ifindex:
+            if exc is not None:
+                self.log.warning("interface_down", error=errno.errorcode.get(exc.errno, exc.errno))
+            return
+        self.interface_gone = True
+        self.log.warning("interface_gone", ifindex=self.ring.ifindex,
+                         error=errno.errorcode.get(exc.errno, exc.errno) if exc else None,
+                         action="export every flow and exit",
+                         exit_code=int(ExitCode.INTERFACE_GONE))
 
     def shutdown(self) -> int:
         """Drain what the ring already holds, end every flow, export, close."""
-        while self.read_block(0):
-            pass
+        try:
+            while self.read_block(0):
+                pass
+        except self._ring_error as exc:
+            if exc.errno not in IFACE_ERRNOS:
+                raise
         if self.exporters is not None:     # the ring is done: sink() may wait now
             self.exporters.begin_drain(self.drain_timeout_s)
         self.table.expire(time.time_ns())
@@ -220,6 +268,14 @@ def _export_settings(cfg, export_urls: list[str], index: int, readers: int) -> t
 def _sequences(exporters) -> dict[str, dict[str, int]]:
     return {e.name: {a: getattr(e.encoder, a) for a in SEQUENCE_ATTRS
                      if hasattr(e.encoder, a)} for e in exporters}
+
+
+def interface_index(iface: str) -> int:
+    """The interface's current ifindex, or 0 when it does not exist."""
+    try:
+        return socket.if_nametoindex(iface)
+    except OSError:
+        return 0
 
 
 def _ring_error_type() -> type:

@@ -13,7 +13,8 @@ returns to the supervisor's code). ``ReaderChild.init_process``:
 3. pin to the slot's CPU; configure structlog again; bind iface/ring/cpu/pid;
 4. open the ring and exporters; a set-up failure exits with its named code
    (CONFIG, CAPTURE_SETUP) so the supervisor halts instead of looping;
-5. run: heartbeat every turn, stats snapshot a few times per second, control
+5. run: heartbeat (with the held flows/packets) every turn and after every
+   batch exported, stats snapshot a few times per second, control
    messages (a new config: reload in place) between blocks.
 """
 from __future__ import annotations
@@ -72,6 +73,8 @@ class ReaderProcess:
     failures: int = 0
     restarts: int = 0
     restart_at: float | None = None       # due time of a pending restart
+    iface_check_at: float | None = None   # interface gone: next look for it
+    iface_wait_s: float = 0.0             # current interval between looks
     replacing: bool = False               # rolling restart: respawn on exit
     retiring: bool = False                # removed by a reload: do not respawn
     ready_seen: bool = False
@@ -266,7 +269,7 @@ class ReaderChild:
         self.publish()
         self.slot.set_state(heartbeat.RUNNING)
         try:
-            code = self.reader.run(beat=self.slot.beat, between_blocks=self.between_blocks,
+            code = self.reader.run(beat=self.beat, between_blocks=self.between_blocks,
                                    stats_interval_s=self.options.stats_interval_s)
         except Exception as exc:  # noqa: BLE001
             self.log.exception("reader_failed", error=str(exc))
@@ -274,6 +277,12 @@ class ReaderChild:
         self.slot.set_state(heartbeat.STOPPING)
         self.publish(self.reader.final_stats)
         return code
+
+    def beat(self) -> None:
+        """Every loop turn and after every batch exported: the heartbeat and
+        what the reader holds unexported (the supervisor's lost count if
+        this process dies now)."""
+        self.slot.beat(self.reader.table.held())
 
     def between_blocks(self, now: float) -> None:
         """New configs, parent death and the stats snapshot, between blocks."""

@@ -115,11 +115,18 @@ def document(readers, slots, *, pid: int, generation: int, uptime_s: float) -> d
         slot = slots[r.spec.index]
         live = counters(slot.snapshot()) if r.alive else counters(None)
         c = add(r.history, live) if r.history else live
-        state = heartbeat.STATE_NAMES.get(slot.header()["state"], "?") if r.alive else "dead"
+        if r.alive:
+            state = heartbeat.STATE_NAMES.get(slot.header()["state"], "?")
+        else:
+            state = "waiting_interface" if getattr(r, "iface_check_at", None) else "dead"
         running += state == "running"
         rows.append({"index": r.spec.index, "iface": r.spec.iface, "cpu": r.spec.cpu,
                      "pid": r.pid, "state": state, "restarts": r.restarts,
-                     "lost": r.lost, "counters": c})
+                     "lost": r.lost, "counters": c,
+                     # seconds since the reader last made progress (a loop
+                     # turn, idle or not) and what it holds unexported now
+                     "heartbeat_age_s": round(slot.beat_age_s(), 3) if r.alive else None,
+                     "held": slot.held() if r.alive else dict(r.lost, flows=0, packets=0, octets=0)})
     lost = {"flows": 0, "packets": 0, "octets": 0}
     for r in readers:
         lost = add(lost, r.lost)

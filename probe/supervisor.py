@@ -7,9 +7,12 @@
             else sleep in select() until a signal, a stats/metrics client
                  or the next tick
             reap_readers()      waitpid(WNOHANG): halt on CONFIG/CAPTURE_SETUP,
-                                respawn a dead one in its slot (with backoff)
+                                respawn a dead one in its slot (with backoff);
+                                INTERFACE_GONE: supervisor.on_interface_gone
+                                (wait for the interface, or halt)
             check_heartbeats()  kill a reader whose heartbeat went stale
-            manage_readers()    due restarts, the rolling restart of a reload
+            manage_readers()    due restarts, looks for gone interfaces, the
+                                rolling restart of a reload
             notify()            systemd READY / WATCHDOG / STATUS
 
 Each slot has a ring in the interface's PACKET_FANOUT_HASH group (one group
@@ -37,6 +40,7 @@ from flowprobe.logs import LineStream, configure_logging, get_logger
 from flowprobe.probe import heartbeat, privdrop, stats
 from flowprobe.probe.config_checks import CONFIG_CHECKS, check_config, needs_new_rings
 from flowprobe.probe.metrics import MetricsServer
+from flowprobe.probe.reader import interface_index
 from flowprobe.probe.readerproc import ReaderOptions, ReaderProcess, ReaderSpec
 from flowprobe.probe.sdnotify import Notifier
 
@@ -44,6 +48,8 @@ TICK_S = 0.1
 HALT_CODES = (ExitCode.CONFIG, ExitCode.CAPTURE_SETUP)
 STARTUP_GRACE_S = 30.0     # a starting reader may take this long to open its ring
 HEALTHY_AFTER_S = 30.0     # a reader up this long resets its failure count
+IFACE_WAIT_FIRST_S = 0.2   # first look for a gone interface; then doubling
+NOTHING_LOST = {"flows": 0, "packets": 0, "octets": 0}
 SIGNALS = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
            signal.SIGCHLD: "chld"}
 
@@ -221,7 +227,7 @@ class Supervisor:
                                 restrict_caps=bool(self.user) or os.geteuid() != 0,
                                 stats_interval_s=self.cfg.supervisor.stats_interval_s,
                                 sequences=r.sequences, readers=len(self.readers))
-        r.restart_at = None
+        r.restart_at = r.iface_check_at = None
         pid = r.spawn(self.cfg, self.generation, slot, options, self.inherited_fds())
         self.log.info("reader_spawned", ring=r.spec.index, iface=r.spec.iface,
                       cpu=r.spec.cpu, reader_pid=pid, fanout_group=r.spec.fanout_group)
@@ -241,13 +247,21 @@ class Supervisor:
 
     def reader_exited(self, r: ReaderProcess, code: int) -> None:
         now = time.monotonic()
-        raw = self.slots[r.spec.index].snapshot() or {}
+        slot = self.slots[r.spec.index]
+        raw = slot.snapshot() or {}
         snap = stats.counters(raw)
         r.sequences = raw.get("sequences") or r.sequences
+        # What the reader held at its last beat (refreshed every loop turn
+        # and after every batch exported) is what it lost; a reader that
+        # never claimed its slot held nothing. Exits 0 and INTERFACE_GONE
+        # exported everything first.
+        claimed = slot.header()["pid"] == r.pid
         r.pid = 0
         r.close_control()
-        clean = code == ExitCode.OK
-        lost = stats.held(snap) if not clean else {"flows": 0, "packets": 0, "octets": 0}
+        gone = code == ExitCode.INTERFACE_GONE or (
+            code == ExitCode.CAPTURE_SETUP and not interface_index(r.spec.iface))
+        clean = code in (ExitCode.OK, ExitCode.INTERFACE_GONE)
+        lost = slot.held() if not clean and claimed else dict(NOTHING_LOST)
         r.history = stats.add(r.history, stats.retired(snap)) if r.history else stats.retired(snap)
         self.slots[r.spec.index].clear()
         if not clean:
@@ -255,6 +269,9 @@ class Supervisor:
         self.log.info("reader_exited", ring=r.spec.index, iface=r.spec.iface,
                       exit_code=code, lost_flows=lost["flows"], lost_packets=lost["packets"])
         if self.stopping or r.retiring:
+            return
+        if gone:
+            self.interface_gone(r, code)
             return
         if code in HALT_CODES:
             self.log.error("halting", reason="reader could not start", ring=r.spec.index,
@@ -272,6 +289,52 @@ class Supervisor:
         r.restart_at = now + delay
         self.log.warning("reader_died", ring=r.spec.index, exit_code=code,
                          restart_in_s=delay, failures=r.failures)
+
+    def interface_gone(self, r: ReaderProcess, code: int) -> None:
+        """A reader's interface was deleted (it exported its flows and exited
+        INTERFACE_GONE, or a restart found no interface): follow
+        supervisor.on_interface_gone."""
+        policy = self.cfg.supervisor.on_interface_gone
+        if policy == "halt":
+            self.log.error("halting", reason="capture interface gone", ring=r.spec.index,
+                           iface=r.spec.iface, exit_code=int(ExitCode.INTERFACE_GONE),
+                           name=ExitCode.INTERFACE_GONE.name)
+            self.stop(graceful=True, code=ExitCode.INTERFACE_GONE)
+            return
+        r.iface_wait_s = IFACE_WAIT_FIRST_S
+        r.iface_check_at = time.monotonic() + r.iface_wait_s
+        self.log.warning("waiting_for_interface", ring=r.spec.index, iface=r.spec.iface,
+                         exit_code=code, max_interval_s=self.cfg.supervisor.interface_wait_max_s)
+
+    def look_for_interface(self, r: ReaderProcess, now: float) -> None:
+        """One look for a gone interface (a name lookup, at intervals doubling
+        up to interface_wait_max_s): back -> restart the slot's reader."""
+        if not interface_index(r.spec.iface):
+            r.iface_wait_s = min(r.iface_wait_s * 2, self.cfg.supervisor.interface_wait_max_s)
+            r.iface_check_at = now + r.iface_wait_s
+            return
+        self.log.info("interface_back", ring=r.spec.index, iface=r.spec.iface)
+        self.reattach_program(r.spec.iface)
+        self.spawn(r)
+
+    def reattach_program(self, iface: str) -> None:
+        """AF_XDP: the interface's redirect program went with it; attach it
+        to the new interface once (the first of its readers to restart)."""
+        programs = getattr(self, "xdp_programs", [])
+        old = [p for p in programs if p.iface == iface]
+        if self.cfg.capture.backend != "afxdp" or any(
+                x.spec.iface == iface and x.alive for x in self.readers):
+            return
+        for p in old:
+            programs.remove(p)
+            try:
+                p.close()
+            except OSError:
+                pass
+        try:
+            programs.extend(attach_shared_programs(self.cfg, [iface]))
+        except Exception as exc:  # noqa: BLE001 - the reader's set-up reports it
+            self.log.error("xdp_attach_failed", iface=iface, error=str(exc))
 
     def check_heartbeats(self) -> None:
         timeout = self.cfg.supervisor.heartbeat_timeout_s
@@ -297,6 +360,8 @@ class Supervisor:
         for r in self.readers:
             if not r.alive and r.restart_at is not None and now >= r.restart_at:
                 self.spawn(r)
+            elif not r.alive and r.iface_check_at is not None and now >= r.iface_check_at:
+                self.look_for_interface(r, now)
         if self.roll_current is not None:
             cur = self.readers[self.roll_current]
             if cur.alive and cur.ready_seen and not cur.replacing:

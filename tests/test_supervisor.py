@@ -6,6 +6,7 @@ import time
 import pytest
 
 from flowprobe.config import load_config_text
+from flowprobe.errors import ExitCode
 from flowprobe.probe import heartbeat
 from flowprobe.probe.readerproc import ReaderProcess
 from flowprobe.probe.supervisor import Supervisor
@@ -55,3 +56,53 @@ def test_a_claimed_slot_is_never_taken_for_a_decades_old_heartbeat():
     finally:
         child.kill()
         child.wait()
+
+
+def _gone_supervisor(policy):
+    cfg = load_config_text("capture:\n  interface: fpnothere9\nsupervisor:\n  workers: 1\n"
+                           f"  on_interface_gone: {policy}\n  interface_wait_max_s: 1\n", "t")
+    sup = Supervisor(cfg)
+    r = ReaderProcess(sup.specs(cfg)[0], pid=4242, started_at=time.monotonic())
+    sup.readers = [r]
+    return sup, r
+
+
+def test_interface_gone_with_wait_looks_again_at_doubling_intervals_and_loses_nothing():
+    """A reader exiting INTERFACE_GONE (7) is not a failure: nothing lost, no
+    restart counted, the slot waits; looks for the interface double their
+    interval up to interface_wait_max_s."""
+    sup, r = _gone_supervisor("wait")
+    sup.slots[0].reset(4242, 1)
+    sup.slots[0].beat((5, 50, 5000))       # what it held before exporting
+    sup.reader_exited(r, ExitCode.INTERFACE_GONE)
+    assert sup.halt_code is None and not r.alive
+    assert r.lost == {"flows": 0, "packets": 0, "octets": 0} and r.restarts == 0
+    assert r.restart_at is None and r.iface_check_at is not None
+    waits = []
+    for _ in range(5):
+        sup.look_for_interface(r, time.monotonic())
+        waits.append(r.iface_wait_s)
+    assert waits == [0.4, 0.8, 1.0, 1.0, 1.0]
+    from flowprobe.probe.stats import document
+    doc = document(sup.readers, sup.slots, pid=1, generation=1, uptime_s=1)
+    assert doc["running"] == 0 and doc["readers"][0]["state"] == "waiting_interface"
+
+
+def test_a_killed_reader_loses_what_it_held_at_its_last_beat():
+    """kill -9: lost is the held counters of the last beat, not a counter
+    snapshot that may predate flows it exported since."""
+    sup, r = _gone_supervisor("wait")
+    sup.slots[0].reset(4242, 1)
+    sup.slots[0].publish({"table": {"flows_active": 900, "packets_accepted": 9000,
+                                    "packets_emitted": 0, "octets_accepted": 1,
+                                    "octets_emitted": 0}})
+    sup.slots[0].beat((12, 34, 5600))
+    sup.reader_exited(r, -9)
+    assert r.lost == {"flows": 12, "packets": 34, "octets": 5600}
+
+
+def test_interface_gone_with_halt_stops_with_interface_gone():
+    """on_interface_gone: halt -> the probe stops with INTERFACE_GONE (7)."""
+    sup, r = _gone_supervisor("halt")
+    sup.reader_exited(r, ExitCode.INTERFACE_GONE)
+    assert sup.halt_code == ExitCode.INTERFACE_GONE

@@ -42,9 +42,12 @@ mirror=${mirror:-http://deb.debian.org/debian}
 mounts_below() {
     awk -v r="$root" '$5 == r || index($5, r "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r
 }
-unmount_all() {
-    local m
-    for m in $(mounts_below); do umount -l "$m" 2>/dev/null || true; done
+unmount_all() {   # passes until none is left: bind mounts may be stacked
+    local m pass
+    for pass in 1 2 3 4 5; do
+        [ -n "$(mounts_below)" ] || return 0
+        for m in $(mounts_below); do umount -l "$m" 2>/dev/null || true; done
+    done
 }
 remove_root() {   # never while anything is mounted below it
     unmount_all

@@ -125,6 +125,16 @@ class FlowTable:
                 return
 
     # -- introspection -------------------------------------------------
+    def held(self) -> tuple[int, int, int]:
+        """(flows, packets, octets) accepted but not yet handed to the sink:
+        the active flows plus expired records not yet drained. What a reader
+        killed now would lose."""
+        lib.ft_get_stats(self._table, self._stats)
+        s = self._stats
+        return (s.flows_active + s.records_pending,
+                s.packets_accepted - s.packets_emitted,
+                s.octets_accepted - s.octets_emitted)
+
     @property
     def memory_bytes(self) -> int:
         return lib.ft_memory_bytes(self._table)
