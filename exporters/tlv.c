@@ -6,7 +6,6 @@
  * the worst case of the field list; near the end of the buffer it goes to a
  * scratch area first and is copied only if it fits: a record is never cut.
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,6 +15,7 @@
 #include "encode.h"
 #include "enc_fields.h"
 #include "tlv.h"
+#include "text.h"
 
 #define TLV_VERSION 1
 #define TLV_FORMAT 1              /* ndpi_serialization_format_tlv */
@@ -30,7 +30,6 @@
 #define TLV_MAX_ITEM (1 + 4 + 2 + TLV_MAX_STR)
 #define TLV_MAX_FIELDS 64
 
-_Static_assert(INET6_ADDRSTRLEN <= TLV_MAX_STR, "address text fits an item");
 
 static inline unsigned int_type(uint64_t v)
 {
@@ -72,46 +71,17 @@ static inline uint8_t *put_str_item(uint8_t *p, uint32_t key, const char *s, siz
     return p + len;
 }
 
-/* Dotted quad of a (network order); returns its length (7..15). */
-static size_t ipv4_text(const uint8_t *a, char *out)
-{
-    char *p = out;
-    for (int i = 0; i < 4; i++) {
-        unsigned v = a[i];
-        if (v >= 100)
-            *p++ = (char)('0' + v / 100);
-        if (v >= 10)
-            *p++ = (char)('0' + v / 10 % 10);
-        *p++ = (char)('0' + v % 10);
-        if (i < 3)
-            *p++ = '.';
-    }
-    return (size_t)(p - out);
-}
-
 static uint8_t *put_addr(uint8_t *p, uint32_t key, const uint8_t *addr, int v6)
 {
-    char text[INET6_ADDRSTRLEN];
-    size_t len;
-    if (!v6)
-        len = ipv4_text(addr, text);
-    else if (inet_ntop(AF_INET6, addr, text, sizeof text) != NULL)
-        len = strlen(text);
-    else
-        len = 0;
-    return put_str_item(p, key, text, len);
+    char text[40];
+    char *end = v6 ? put_ipv6(text, addr) : put_ipv4(text, addr);
+    return put_str_item(p, key, text, (size_t)(end - text));
 }
 
-static uint8_t *put_mac(uint8_t *p, uint32_t key, const uint8_t *m)
+static uint8_t *put_mac_item(uint8_t *p, uint32_t key, const uint8_t *m)
 {
-    static const char hex[] = "0123456789abcdef";
     char text[17];
-    for (int i = 0; i < 6; i++) {
-        text[3 * i] = hex[m[i] >> 4];
-        text[3 * i + 1] = hex[m[i] & 15];
-        if (i < 5)
-            text[3 * i + 2] = ':';
-    }
+    put_mac(text, m);
     return put_str_item(p, key, text, sizeof text);
 }
 
@@ -146,7 +116,7 @@ static uint8_t *put_record(uint8_t *p, const struct tlv_layout *lay, const struc
             break;
         case TLV_K_MAC:
             if (r->has_mac)
-                p = put_mac(p, key, f->field == ENC_F_DST_MAC ? r->dst_mac : r->src_mac);
+                p = put_mac_item(p, key, f->field == ENC_F_DST_MAC ? r->dst_mac : r->src_mac);
             break;
         case TLV_K_EPOCH_S:
             p = put_uint_item(p, key, field_value(r, f->field, 0) / 1000u);
