@@ -21,7 +21,7 @@ import socket
 import time
 from typing import Any, Callable
 
-from flowprobe.config.schema import export_items, per_reader_url  # noqa: F401 (re-exported)
+from flowprobe.config.schema import export_items
 from flowprobe.driver.afpacket import RingError
 from flowprobe.driver.capture import CaptureRing, linktype_of, open_ring
 from flowprobe.errors import CaptureSetupError, ExitCode

@@ -1,6 +1,6 @@
-"""The live reader's export wiring: one observation domain and one file per reader."""
+"""Each live reader's export destinations (config.schema): one observation domain and one file per reader."""
 from flowprobe.config import load_config_text
-from flowprobe.probe.reader import export_items, per_reader_url
+from flowprobe.config.schema import export_items, per_reader_url
 
 
 def test_each_reader_gets_its_own_observation_domain():
