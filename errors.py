@@ -21,6 +21,7 @@ class ExitCode(enum.IntEnum):
     # 4 is not used: it meant "export setup failed", which never ends a process
     # (an unreachable collector is a counter); not reused, so scripts keep meanings.
     INPUT = 5            # an input file is missing, unreadable or not a capture
+    EXPORT_INCOMPLETE = 6  # replay: an exporter did not export every record
     INTERRUPTED = 130    # SIGINT (128 + 2)
 
 

@@ -9,6 +9,10 @@ generated once, cached in bench/out/) and with the page cache warm, times:
   ft_bench      the C path alone (ft_ingest/ft_expire over packets already
                 in memory), ns per packet, every flow live
   pf_bench      the capture reader alone (pf_next_batch), ns per packet
+  --json        on a third capture (10M packets, ~1.6M flows), flowprobe
+                replay FILE --json > /dev/null against the same replay with
+                no output (default timeouts): the cost ratio (goal <= 1.5x)
+                and JSON records/s (goal >= 1M)
   softflowd     -d -r FILE -n 127.0.0.1:PORT -v 9 -c none, -m large enough
                 for every flow, and with its default -m 8192 (which splits
                 flows); PORT is a UDP socket this script holds and never reads
@@ -73,6 +77,8 @@ def ensure_capture(packets: int, flows: int, seed: int) -> Path:
 
 MAX_FLOWS = 2097152
 CAPTURES = ((10_000_000, 1_000_000), (2_000_000, 200_000))
+#: The --json cost is measured on the issue's figure: 10M packets, ~1.6M flows.
+CAPTURE_JSON = (10_000_000, 1_600_000)
 TARGET_RATIO, TARGET_NS, TARGET_BYTES = 5.0, 50.0, 128
 
 
@@ -80,12 +86,13 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def run_timed(cmd: list[str], timeout: float, cwd: str | None = None) -> dict:
+def run_timed(cmd: list[str], timeout: float, cwd: str | None = None,
+              stdout: int = subprocess.PIPE) -> dict:
     """One run under /usr/bin/time: wall s, peak RSS MB, stdout, stderr."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
-        full = ["/usr/bin/time", "-f", "%e %M", "-o", tf.name] + cmd
+        full = ["/usr/bin/time", "-f", "%e %M %U %S", "-o", tf.name] + cmd
         load = loadavg()
-        p = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        p = subprocess.Popen(full, stdout=stdout, stderr=subprocess.PIPE,
                              text=True, cwd=cwd, start_new_session=True)
         try:
             out, err = p.communicate(timeout=timeout)
@@ -95,8 +102,9 @@ def run_timed(cmd: list[str], timeout: float, cwd: str | None = None) -> dict:
             raise RuntimeError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}")
         if p.returncode != 0:
             raise RuntimeError(f"exit {p.returncode}: {' '.join(cmd)}\n{err[-2000:]}")
-        wall, rss_kb = tf.read().split()[-2:]
-    return {"wall_s": float(wall), "rss_mb": int(rss_kb) / 1024, "stdout": out,
+        wall, rss_kb, user, system = tf.read().split()[-4:]
+    return {"wall_s": float(wall), "rss_mb": int(rss_kb) / 1024,
+            "cpu_s": float(user) + float(system), "stdout": out,
             "stderr": err, "load": max(load, loadavg())}
 
 
@@ -155,6 +163,7 @@ def measure_file(path: Path, packets: int, runs: int, sink_port: int, exes: dict
     res["flowprobe"]["replay_loop_s"] = min(
         float(re.search(r"\(([\d.]+) s\)", r["stderr"]).group(1)) for r in rs) if m else None
 
+
     # C path alone and reader alone: min ns/packet of max(runs, 5)
     for name, cmd in (("ft_bench", [exes["ft_bench"], f, str(MAX_FLOWS), "4096"]),
                       ("pf_bench", [exes["pf_bench"], f, "4096"])):
@@ -189,6 +198,76 @@ def measure_file(path: Path, packets: int, runs: int, sink_port: int, exes: dict
               f"{r['rss_mb']:8.1f} MB  (runs {r['all_wall_s']}, load<= {r['load_max']:.1f})",
               flush=True)
     return res
+
+
+def measure_json(path: Path, packets: int, runs: int, exes: dict) -> dict:
+    """`replay --json` to /dev/null against the same replay with no output
+    (default timeouts) on the CAPTURE_JSON file. JSON records/s is records
+    over the extra CPU time that --json costs; the goals are a cost ratio
+    of at most 1.5 and at least 1M records/s."""
+    f, timeout = str(path), 60 + packets / 50_000
+    print(f"{path.name} ({path.stat().st_size / 2**20:.0f} MiB): --json", flush=True)
+    cmd = [exes["flowprobe"], "replay", f, "--max-flows", str(MAX_FLOWS)]
+    out = {}
+    for name, extra in (("plain", []), ("json", ["--json"])):
+        warm(Path(f))
+        rs = [run_timed(cmd + extra, timeout, stdout=subprocess.DEVNULL)
+              for _ in range(max(runs, 3))]
+        recs = sum(int(v.replace(",", "")) for v in re.findall(
+            r"expired \S+\s+([\d,]+)", rs[0]["stderr"]))
+        out[name] = best(rs)
+        out[name]["records"] = recs
+        out[name]["cpu_s"] = min(r["cpu_s"] for r in rs)
+    plain, js = out["plain"]["wall_s"], out["json"]["wall_s"]
+    out["records"] = out["json"]["records"]
+    out["ratio"] = js / plain
+    # CPU seconds (user + sys, least of each's runs): less inflated by contention
+    out["cpu_ratio"] = out["json"]["cpu_s"] / out["plain"]["cpu_s"]
+    # the marginal rate: records over the extra CPU time --json takes (wall
+    # time differences drown in the noise of a shared machine)
+    extra_cpu = out["json"]["cpu_s"] - out["plain"]["cpu_s"]
+    out["json_records_per_s"] = out["records"] / extra_cpu if extra_cpu > 0.02 else None
+    out["sink_records_per_s"] = json_sink_rate()
+    marginal = (f"{out['json_records_per_s'] / 1e6:.2f} M records per extra CPU s"
+                if out["json_records_per_s"] else "extra CPU within noise")
+    print(f"  {'replay --json':<22} {out['records']:,} records: {js:.2f} s vs {plain:.2f} s "
+          f"with no output = {out['ratio']:.2f}x (goal <= 1.5x; CPU s "
+          f"{out['cpu_ratio']:.2f}x); {marginal}; C sink alone "
+          f"{out['sink_records_per_s'] / 1e6:.2f} M records per CPU s "
+          f"(runs {out['json']['all_wall_s']} / {out['plain']['all_wall_s']}, "
+          f"load<= {out['json']['load_max']:.1f})", flush=True)
+    return out
+
+
+def json_sink_rate(n_calls: int = 400, batch: int = 4096) -> float:
+    """Records per CPU second of the JSON-lines sink alone (probe/sinks.py ->
+    C) writing to /dev/null: 4096 records (4 in 5 IPv4, the rest IPv6, MACs, TCP/UDP/
+    ICMP) written n_calls times, one C call each."""
+    import random
+    from flowprobe.exporters._enc import ffi
+    from flowprobe.probe.sinks import JsonLines
+    rng = random.Random(1)
+    arr = ffi.new("struct ft_record[]", batch)
+    for i in range(batch):
+        r = arr[i]
+        r.ip_version = 6 if i % 5 == 0 else 4
+        for j in range(16 if r.ip_version == 6 else 4):
+            r.src_addr[j], r.dst_addr[j] = rng.randrange(256), rng.randrange(256)
+        r.protocol = (6, 17, 1)[i % 3]
+        r.src_port, r.dst_port = rng.randrange(65536), 443
+        r.packets, r.octets = rng.randrange(1, 5000), rng.randrange(40, 10**7)
+        r.first_ns = 1_700_000_000_000_000_000 + rng.randrange(10**12)
+        r.last_ns = r.first_ns + rng.randrange(10**11)
+        r.ifindex, r.ttl_min, r.ttl_max, r.end_reason, r.has_mac = 3, 60, 64, 1, 1
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sink = JsonLines(fd)
+        t = time.process_time()     # CPU time: what contention does not inflate
+        for _ in range(n_calls):
+            sink(arr, batch)
+        return n_calls * batch / (time.process_time() - t)
+    finally:
+        os.close(fd)
 
 
 ENCODE_LINE = re.compile(r"encode (\S+)\s+mtu=(\d+) ipv6=(\d+)%: +([\d.]+) M records/s")
@@ -229,6 +308,12 @@ def table(results: list[dict], entry: dict) -> str:
                     f" ns/packet, flows live {res['ft_bench']['flows_peak']:,}")
         rows.append(f"{label:<10} {'reader (pf_bench)':<24} {res['pf_bench']['ns_per_packet']:>7.1f}"
                     f" ns/packet")
+
+    js = entry.get("json")
+    if js:
+        rows.append(f"{'10M pkts':<10} {'replay --json':<24} {js['ratio']:>7.2f}"
+                    f"x the time with no output ({js['records']:,} records; C sink "
+                    f"alone {js['sink_records_per_s'] / 1e6:.2f} M records per CPU s)")
     rows.append(f"flow entry {entry['entry_bytes']} B (sizeof); table memory / max_flows "
                 f"{entry['bytes_per_flow_total']:.1f} B ({entry['table_bytes'] / 2**20:.0f} MiB "
                 f"for {MAX_FLOWS:,})")
@@ -317,10 +402,12 @@ def main() -> int:
             results.append(measure_file(path, packets, a.runs, port, exes))
     finally:
         sink.close()
+    js = measure_json(ensure_capture(*CAPTURE_JSON, a.seed), CAPTURE_JSON[0], a.runs, exes)
     big = results[0]
     entry = {"entry_bytes": big["ft_bench"]["entry_bytes"],
              "table_bytes": big["ft_bench"]["table_bytes"],
-             "bytes_per_flow_total": big["ft_bench"]["table_bytes"] / MAX_FLOWS}
+             "bytes_per_flow_total": big["ft_bench"]["table_bytes"] / MAX_FLOWS,
+             "json": js}
     fp = big["flowprobe"]["pps"]
     targets = {
         "ratio_vs_softflowd_big_table": fp / big["softflowd -m 4M"]["pps"],
@@ -335,6 +422,9 @@ def main() -> int:
         "5x_softflowd_default": targets["ratio_vs_softflowd_default"] >= TARGET_RATIO,
         "c_path_50ns": targets["c_path_ns_per_packet"] <= TARGET_NS,
         "entry_128B": entry["entry_bytes"] <= TARGET_BYTES,
+        "json_1.5x": js["ratio"] <= 1.5,
+        "json_1M_records_s": js["sink_records_per_s"] >= 1e6
+        and (js["json_records_per_s"] or 1e6) >= 1e6,
     }
     enc = encode_hook()
     exp = run_export(a, exes)

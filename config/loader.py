@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -29,17 +29,25 @@ def default_config() -> Config:
     return Config()
 
 
-def load_config(path: str | Path) -> Config:
-    """Load and validate a YAML file; raises ConfigError (also if unreadable)."""
+#: A check beyond the schema's (e.g. compiling capture.filter with libpcap,
+#: which this package does not import): config -> [(dotted path, message)].
+Check = Callable[[Config], list[tuple[str, str]]]
+
+
+def load_config(path: str | Path, checks: Sequence[Check] = ()) -> Config:
+    """Load and validate a YAML file; raises ConfigError (also if unreadable).
+    ``checks`` run on a config the schema accepted; their errors carry the
+    key's line like the schema's."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([f"cannot read config file: {reason}"], source=str(path)) from None
-    return load_config_text(text, str(path))
+    return load_config_text(text, str(path), checks)
 
 
-def load_config_text(text: str, source_name: str = "<config>") -> Config:
+def load_config_text(text: str, source_name: str = "<config>",
+                     checks: Sequence[Check] = ()) -> Config:
     """Load and validate YAML text; ``source_name`` prefixes error messages."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -55,6 +63,10 @@ def load_config_text(text: str, source_name: str = "<config>") -> Config:
     if not builder.errors:
         for path, message in cross_checks(cfg):
             builder.error(path, builder.nodes.get(path), message)
+    if not builder.errors:
+        for check in checks:
+            for path, message in check(cfg):
+                builder.error(path, builder.nodes.get(path), message)
     if builder.errors:
         raise ConfigError(builder.errors, source=source_name)
     return cfg

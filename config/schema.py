@@ -56,8 +56,27 @@ def setting(default: Any = dataclasses.MISSING, *, min: float | None = None,
 
 # ---------------------------------------------------------------- export URLs
 
-EXPORT_SCHEMES = ("ipfix", "ipfix+tcp", "ipfix+file", "netflow9", "netflow5")
-DEFAULT_PORTS = {"ipfix": 4739, "ipfix+tcp": 4739, "netflow9": 2055, "netflow5": 2055}
+@dataclass(frozen=True)
+class ExportScheme:
+    """What a URL scheme exports (the encoder) and how (the transport)."""
+    format: str             # ipfix, netflow9, netflow5
+    transport: str          # udp, tcp, file
+    default_port: int | None
+
+
+#: The one table of export URL schemes, their formats, transports and
+#: default ports: `--export URL` and YAML `export:` items both go through it.
+SCHEMES = {
+    "ipfix": ExportScheme("ipfix", "udp", 4739),
+    "ipfix+udp": ExportScheme("ipfix", "udp", 4739),
+    "ipfix+tcp": ExportScheme("ipfix", "tcp", 4739),
+    "ipfix+file": ExportScheme("ipfix", "file", None),
+    "netflow9": ExportScheme("netflow9", "udp", 2055),
+    "netflow5": ExportScheme("netflow5", "udp", 2055),
+}
+EXPORT_SCHEMES = tuple(SCHEMES)
+#: The largest UDP payload (IPv4): the mtu limit of UDP schemes.
+MAX_UDP_PAYLOAD = 65507
 
 
 def check_export_url(url: str) -> str | None:
@@ -125,6 +144,7 @@ class ExportConfig:
     rate_msgs_s: int = setting(5000, min=0)
     max_buffer_bytes: int = setting(4 * MiB, min=64 * KiB, max=2**31)
     backoff_max_s: float = setting(30.0, min=0.1)
+    close_timeout_s: float = setting(5.0, min=0)
     rotate_bytes: int = setting(0, min=0)
     rotate_s: float = setting(0.0, min=0)
     queue_bytes: int = setting(16 * MiB, min=64 * KiB, max=2**31)
@@ -134,16 +154,108 @@ class ExportConfig:
         return urlsplit(self.url).scheme.lower()
 
     @property
+    def format(self) -> str:
+        """The encoder: ipfix, netflow9 or netflow5."""
+        return SCHEMES[self.scheme].format
+
+    @property
+    def transport(self) -> str:
+        """udp, tcp or file."""
+        return SCHEMES[self.scheme].transport
+
+    @property
     def host(self) -> str | None:
         return urlsplit(self.url).hostname
 
     @property
     def port(self) -> int | None:
-        return urlsplit(self.url).port or DEFAULT_PORTS.get(self.scheme)
+        return urlsplit(self.url).port or SCHEMES[self.scheme].default_port
 
     @property
     def path(self) -> str:
         return urlsplit(self.url).path
+
+    def for_reader(self, index: int) -> "ExportConfig":
+        """This destination as live reader ``index`` exports to it: with
+        observation domain ``observation_domain + index`` (a collector sees
+        one sequence space and template set per reader) and, for a file, a
+        file of its own (per_reader_url)."""
+        return dataclasses.replace(
+            self, url=per_reader_url(self.url, index),
+            observation_domain=(self.observation_domain + index) & 0xFFFFFFFF)
+
+
+def per_reader_url(url: str, index: int) -> str:
+    """A file destination for reader ``index``: readers must not share a
+    file (each would rename its own over the others'), so the index goes
+    before the extension: ipfix+file:///var/lib/f/flows.ipfix ->
+    .../flows.r0.ipfix. Network destinations are shared as they are."""
+    parts = urlsplit(url)
+    if SCHEMES.get(parts.scheme.lower(), ExportScheme("", "", None)).transport != "file":
+        return url
+    path = parts.path or parts.netloc
+    head, dot, ext = path.rpartition(".")
+    if not dot or "/" in ext:
+        head, ext = path, ""
+    path = f"{head}.r{index}" + (f".{ext}" if ext else "")
+    return f"{parts.scheme}://{path}" + (f"?{parts.query}" if parts.query else "")
+
+
+def export_config(item: "ExportConfig | str | dict[str, Any]",
+                  where: str = "export") -> "ExportConfig":
+    """One export destination as the typed config, through this schema and
+    its defaults, whatever form it came in: an ExportConfig, a URL (``--export
+    URL``, the YAML shorthand) or a mapping of ExportConfig keys. ConfigError
+    names ``where`` and the key."""
+    if isinstance(item, ExportConfig):
+        cfg = item
+    elif isinstance(item, str):
+        err = check_export_url(item)
+        if err:
+            raise ConfigError([f"{where}: {err}"])
+        cfg = ExportConfig(url=item)
+    elif isinstance(item, dict):
+        names = [f.name for f in dataclasses.fields(ExportConfig)]
+        unknown = [k for k in item if k not in names]
+        if unknown or "url" not in item:
+            raise ConfigError([f"{where}.{k}: unknown key {k!r} (valid keys: "
+                               f"{', '.join(names)})" for k in unknown]
+                              or [f"{where}.url: missing required key"])
+        cfg = ExportConfig(**item)
+    else:
+        raise ConfigError([f"{where}: expected a URL or a mapping, got {item!r}"])
+    errors = validate(cfg, where)
+    if not errors:
+        errors = [f"{where}.{k}: {m}" for k, m in export_cross_checks(cfg)]
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def export_cross_checks(e: ExportConfig) -> list[tuple[str, str]]:
+    """Constraints between an export item's fields: (key, message)."""
+    if e.transport == "udp" and e.mtu > MAX_UDP_PAYLOAD:
+        return [("mtu", f"{e.mtu}: a UDP payload is at most {MAX_UDP_PAYLOAD} bytes")]
+    return []
+
+
+def export_items(cfg: "Config", export_urls: typing.Sequence[str] = (),
+                 reader: int | None = None) -> tuple["ExportConfig", ...]:
+    """Every export destination of a run: the config's ``export:`` items,
+    then each ``--export URL`` as the same typed item with the schema's
+    defaults; ``reader``: as live reader ``reader`` exports
+    (ExportConfig.for_reader). ConfigError lists every bad URL."""
+    items, errors = list(cfg.export), []
+    for url in export_urls:
+        try:
+            items.append(export_config(url, "--export"))
+        except ConfigError as exc:
+            errors.extend(exc.messages)
+    if errors:
+        raise ConfigError(errors)
+    if reader is not None:
+        items = [e.for_reader(reader) for e in items]
+    return tuple(items)
 
 
 def parse_interfaces(value: str | None) -> list[str]:
@@ -277,6 +389,8 @@ def cross_checks(cfg: Config) -> list[tuple[str, str]]:
     if cap.snaplen > cap.frame_size:
         errors.append(("capture.snaplen", f"{cap.snaplen} exceeds capture.frame_size "
                        f"{cap.frame_size}"))
+    for i, e in enumerate(cfg.export):
+        errors.extend((f"export[{i}].{key}", msg) for key, msg in export_cross_checks(e))
     if cap.backend == "afxdp":
         if cap.frame_size not in (2048, 4096):
             errors.append(("capture.frame_size", f"{cap.frame_size}: with backend afxdp "

@@ -38,9 +38,18 @@ int ring_filter_compile(const char *iface, const char *expr, uint32_t snaplen,
     uint32_t i;
     int rc;
 
-    if (!iface || !expr || !out || snaplen == 0)
+    if (!expr || !out || snaplen == 0)
         return -EINVAL;
     ebuf[0] = '\0';
+    if (!iface) {
+        /* syntax check only: Ethernet, no interface, no privileges */
+        p = pcap_open_dead(DLT_EN10MB, (int)snaplen);
+        if (!p) {
+            snprintf(err, errlen, "pcap_open_dead failed");
+            return -ENOMEM;
+        }
+        goto compile;
+    }
     p = pcap_create(iface, ebuf);
     if (!p) {
         snprintf(err, errlen, "%s", ebuf);
@@ -57,7 +66,11 @@ int ring_filter_compile(const char *iface, const char *expr, uint32_t snaplen,
         return rc == PCAP_ERROR_NO_SUCH_DEVICE ? -ENODEV
              : rc == PCAP_ERROR_PERM_DENIED ? -EPERM : -EIO;
     }
-    if (pcap_compile(p, &prog, expr, 1, PCAP_NETMASK_UNKNOWN) < 0) {
+compile:
+    /* A dead handle does not optimize: its VLAN code differs from a live
+     * handle's, and the optimizer would refuse e.g. "udp and vlan 100" as
+     * rejecting every packet, which the live compile accepts. */
+    if (pcap_compile(p, &prog, expr, iface ? 1 : 0, PCAP_NETMASK_UNKNOWN) < 0) {
         snprintf(err, errlen, "%s", pcap_geterr(p));
         pcap_close(p);
         return -EINVAL;

@@ -106,7 +106,9 @@ int ring_stats(struct ring *r, struct ring_stats *out);
  * (so VLAN tests use the kernel's VLAN metadata), accept returns set to
  * snaplen. Writes up to cap instructions; returns their count, or a
  * negative errno with a message in err. The process must be in the
- * interface's network namespace.
+ * interface's network namespace. iface NULL: compile for the Ethernet link
+ * type on a dead handle (no interface, no privileges), which checks the
+ * expression only: `flowprobe config check` uses it.
  */
 int ring_filter_compile(const char *iface, const char *expr, uint32_t snaplen,
                         struct ring_insn *out, uint32_t cap,

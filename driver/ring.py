@@ -97,6 +97,7 @@ class RingError(OSError):
             msg += f" ({detail})"
         super().__init__(err, msg)
         self.iface = iface
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -108,18 +109,20 @@ class Filter:
     length: int
 
 
-def compile_filter(iface: str, expr: str, snaplen: int) -> Filter:
+def compile_filter(iface: str | None, expr: str, snaplen: int) -> Filter:
     """Compile ``expr`` on a live libpcap handle of ``iface``.
 
     Accept returns are set to ``snaplen`` (TPACKET_V3 has no snap length of
-    its own). Must run in the interface's network namespace.
+    its own). Must run in the interface's network namespace. ``iface`` None
+    compiles for the Ethernet link type without an interface (a check of
+    the expression, as ``flowprobe config check`` does).
     """
     insns = ffi.new("struct ring_insn[]", MAX_FILTER_INSNS)
     err = ffi.new("char[]", 512)
-    n = lib.ring_filter_compile(iface.encode(), expr.encode(), snaplen,
-                                insns, MAX_FILTER_INSNS, err, 512)
+    n = lib.ring_filter_compile(iface.encode() if iface else ffi.NULL, expr.encode(),
+                                snaplen, insns, MAX_FILTER_INSNS, err, 512)
     if n < 0:
-        raise RingError(iface, -n, f"compile filter {expr!r}",
+        raise RingError(iface or "Ethernet", -n, f"compile filter {expr!r}",
                         ffi.string(err).decode(errors="replace"))
     return Filter(expr, insns, n)
 

@@ -1,58 +1,43 @@
 """Exporter = encoder + transport + template policy + counters.
 
-    exporters = build_exporters(["ipfix://127.0.0.1:4739", cfg_dict, ...])
+    exporters = build_exporters(export_items(cfg, ["ipfix://127.0.0.1:4739"]))
     table = FlowTable(flow_cfg, exporters.sink)     # sink(records_ptr, n)
     ...; table.flush(); exporters.close()
 
-URL schemes (SCHEMES): ipfix:// (UDP), ipfix+tcp://, ipfix+file:///PATH,
-netflow9://, netflow5://. Options go in the query string or a config
-mapping: mtu, observation_domain, rate_msgs_s, template_refresh_messages,
-template_refresh_s, options_interval_s, max_buffer_bytes, backoff_max_s,
-close_timeout_s, rotate_bytes, rotate_s, queue_bytes, sampling_interval, sampling_mode
-(deterministic|random), engine_id,
-engine_type, exporting_process_id.
+An exporter is configured by one typed `config.schema.ExportConfig` (the
+schema holds the URL schemes, default ports and every default: there is no
+other table here). `--export URL`, a YAML `export:` item and a mapping of
+ExportConfig keys all become that object through `config.export_config`;
+`replay` and each `run` reader build theirs with `build_exporters` over
+`config.export_items(cfg, export_urls, reader)`. Sampling (rate and mode)
+is the capture's, not the destination's, so it is a separate argument.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Callable
-from urllib.parse import parse_qsl, urlsplit
+from typing import Callable, Iterable
 
 import structlog
 
+from flowprobe.config.schema import ConfigError, ExportConfig, export_config, export_items
 from flowprobe.exporters._enc import ffi
 from flowprobe.exporters.base import EncodeError, EncoderConfig
 from flowprobe.exporters.ipfix import IpfixEncoder
 from flowprobe.exporters.netflow5 import Netflow5Encoder
 from flowprobe.exporters.netflow9 import Netflow9Encoder
-from flowprobe.exporters.options import SAMPLING_MODES
 from flowprobe.exporters.transports import RateLimitedLog
 from flowprobe.exporters.transports.file import FileTransport
 from flowprobe.exporters.transports.tcp import TcpTransport
-from flowprobe.exporters.transports.udp import DEFAULT_RATE_MSGS_S, UdpTransport
+from flowprobe.exporters.transports.udp import UdpTransport
 
-# The two explicit registries.
+# The two explicit registries: names (ExportConfig.format / .transport) -> classes.
 ENCODERS = {"netflow5": Netflow5Encoder, "netflow9": Netflow9Encoder, "ipfix": IpfixEncoder}
 TRANSPORTS = {"udp": UdpTransport, "tcp": TcpTransport, "file": FileTransport}
-# URL scheme -> (encoder, transport)
-SCHEMES = {
-    "ipfix": ("ipfix", "udp"),
-    "ipfix+udp": ("ipfix", "udp"),
-    "ipfix+tcp": ("ipfix", "tcp"),
-    "ipfix+file": ("ipfix", "file"),
-    "netflow9": ("netflow9", "udp"),
-    "netflow5": ("netflow5", "udp"),
-}
-DEFAULT_PORTS = {"ipfix": 4739, "netflow9": 2055, "netflow5": 2055}
-# Options data (sampling, statistics) period. nfdump 1.7.1 does not count
-# options data records in its IPFIX sequence check (RFC 7011 and tshark do),
-# so each periodic options message shows there as one sequence failure.
-DEFAULT_OPTIONS_INTERVAL_S = 60.0
 
-
-class ExportConfigError(ValueError):
-    pass
+#: Export configuration problems are configuration errors (exit 2).
+ExportConfigError = ConfigError
 
 
 @dataclass
@@ -302,116 +287,81 @@ class ExporterSet:
 
 
 # -- construction ------------------------------------------------------------
-def _opts(item) -> dict:
-    if isinstance(item, str):
-        return {"url": item}
-    if isinstance(item, dict):
-        return dict(item)
-    return {k: getattr(item, k) for k in dir(item)
-            if not k.startswith("_") and not callable(getattr(item, k))}
-
-
-def parse_url(url: str) -> dict:
-    """URL -> {'encoder','transport','host','port'|'path', **query options}."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise ExportConfigError(
-            f"export URL {url!r}: unknown scheme {scheme!r} "
-            f"(expected one of: {', '.join(s + '://' for s in sorted(SCHEMES))})")
-    enc, tr = SCHEMES[scheme]
-    out = {"encoder": enc, "transport": tr}
-    if tr == "file":
-        path = parts.path or parts.netloc
-        if not path:
-            raise ExportConfigError(f"export URL {url!r}: missing file path")
-        out["path"] = path
-    else:
-        if not parts.hostname:
-            raise ExportConfigError(f"export URL {url!r}: missing host")
-        out["host"] = parts.hostname
-        try:
-            out["port"] = parts.port or DEFAULT_PORTS[enc]
-        except ValueError as e:
-            raise ExportConfigError(f"export URL {url!r}: {e}") from None
-    for k, v in parse_qsl(parts.query):
-        out[k] = v
-    return out
-
-
-def _num(d, key, default, kind=int):
-    v = d.get(key, default)
-    try:
-        return kind(v)
-    except (TypeError, ValueError):
-        raise ExportConfigError(f"export option {key}: not a number: {v!r}") from None
-
-
-def build_exporter(item, engine_stats=None) -> Exporter:
-    o = _opts(item)
-    if "url" in o and o["url"]:
-        o = {**parse_url(o["url"]), **{k: v for k, v in o.items() if k != "url"}}
-    enc_name, tr_name = o.get("encoder"), o.get("transport")
-    if enc_name not in ENCODERS:
-        raise ExportConfigError(f"unknown encoder {enc_name!r} (expected: {', '.join(sorted(ENCODERS))})")
-    if tr_name not in TRANSPORTS:
-        raise ExportConfigError(f"unknown transport {tr_name!r} (expected: {', '.join(sorted(TRANSPORTS))})")
-    if enc_name == "netflow5" and tr_name != "udp":
-        raise ExportConfigError("netflow5 is exported over udp only")
+def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 1,
+                   sampling_mode: str = "deterministic", engine_stats=None) -> Exporter:
+    """One exporter from its typed config (a URL or a mapping goes through
+    the schema first, config.export_config). Every setting comes from the
+    ExportConfig; ``sampling_*``: the capture's packet sampling, reported in
+    the options records. ConfigError if the destination is unusable."""
+    ec = export_config(item)
+    enc_name, tr_name = ec.format, ec.transport
     cfg = EncoderConfig(
-        mtu=_num(o, "mtu", 1400 if tr_name == "udp" else 65000),
-        domain_id=_num(o, "observation_domain", 0),
-        engine_type=_num(o, "engine_type", 0),
-        engine_id=_num(o, "engine_id", 0),
-        sampling_interval=_num(o, "sampling_interval", 1),
-        sampling_mode=str(o.get("sampling_mode") or "deterministic"),
-        exporting_process_id=_num(o, "exporting_process_id", 0),
+        mtu=ec.mtu,
+        domain_id=ec.observation_domain,
+        engine_id=ec.observation_domain & 0xFF,   # NetFlow v5 header
+        sampling_interval=sampling_interval,
+        sampling_mode=sampling_mode,
     )
-    if cfg.sampling_mode not in SAMPLING_MODES:
-        raise ExportConfigError(f"sampling_mode {cfg.sampling_mode!r} "
-                                f"(expected: {', '.join(SAMPLING_MODES)})")
-    if cfg.sampling_interval < 1:
-        raise ExportConfigError(f"sampling_interval {cfg.sampling_interval}: must be >= 1")
-    if tr_name == "udp" and cfg.mtu > 65507:
-        raise ExportConfigError(f"mtu {cfg.mtu}: a UDP payload is at most 65507 bytes")
     try:
         encoder = ENCODERS[enc_name](cfg)
     except EncodeError as e:
-        raise ExportConfigError(str(e)) from None
+        raise ConfigError([f"export {ec.url}: {e}"]) from None
     if tr_name == "udp":
-        transport = UdpTransport(o["host"], int(o["port"]),
-                                 rate_msgs_s=_num(o, "rate_msgs_s", DEFAULT_RATE_MSGS_S, float))
-        policy = TemplatePolicy(every_messages=_num(o, "template_refresh_messages", 64),
-                                every_s=_num(o, "template_refresh_s", 10.0, float),
-                                options_every_s=_num(o, "options_interval_s", DEFAULT_OPTIONS_INTERVAL_S, float))
+        transport = UdpTransport(ec.host, ec.port, rate_msgs_s=ec.rate_msgs_s)
+        policy = TemplatePolicy(every_messages=ec.template_refresh_messages,
+                                every_s=ec.template_refresh_s,
+                                options_every_s=ec.options_interval_s)
     elif tr_name == "tcp":
-        transport = TcpTransport(o["host"], int(o["port"]),
-                                 max_buffer_bytes=_num(o, "max_buffer_bytes", 4 << 20),
-                                 backoff_max_s=_num(o, "backoff_max_s", 30.0, float),
-                                 close_timeout_s=_num(o, "close_timeout_s", 5.0, float))
-        policy = TemplatePolicy(options_every_s=_num(o, "options_interval_s", DEFAULT_OPTIONS_INTERVAL_S, float))
+        transport = TcpTransport(ec.host, ec.port, max_buffer_bytes=ec.max_buffer_bytes,
+                                 backoff_max_s=ec.backoff_max_s,
+                                 close_timeout_s=ec.close_timeout_s)
+        policy = TemplatePolicy(options_every_s=ec.options_interval_s)
     else:
-        transport = FileTransport(o["path"], rotate_bytes=_num(o, "rotate_bytes", 0),
-                                  rotate_s=_num(o, "rotate_s", 0.0, float))
-        policy = TemplatePolicy(options_every_s=_num(o, "options_interval_s", DEFAULT_OPTIONS_INTERVAL_S, float))
-    name = o.get("name") or f"{enc_name}+{transport.describe()}"
+        transport = FileTransport(ec.path, rotate_bytes=ec.rotate_bytes, rotate_s=ec.rotate_s)
+        policy = TemplatePolicy(options_every_s=ec.options_interval_s)
+    name = f"{enc_name}+{transport.describe()}"
     exporter = Exporter(name, encoder, transport, policy, engine_stats)
-    exporter.queue_bytes = _num(o, "queue_bytes", 0)
+    exporter.queue_bytes = ec.queue_bytes
     return exporter
 
 
-def build_exporters(urls_or_configs, engine_stats=None, open_now: bool = True) -> ExporterSet:
-    """Build (and open) every exporter; config errors are collected and raised
-    together, before anything is opened."""
+def build_exporters(items: Iterable[ExportConfig | str | dict], *, sampling_interval: int = 1,
+                    sampling_mode: str = "deterministic", engine_stats=None,
+                    open_now: bool = True) -> ExporterSet:
+    """Build (and open) every exporter: the one way `replay` and `run`'s
+    readers make theirs. Config errors are collected and raised together
+    (ConfigError, each message naming its item), before anything is opened."""
     built, errors = [], []
-    for i, item in enumerate(urls_or_configs or []):
+    for i, item in enumerate(items or ()):
         try:
-            built.append(build_exporter(item, engine_stats))
-        except ExportConfigError as e:
-            errors.append(f"export[{i}]: {e}")
+            built.append(build_exporter(export_config(item, f"export[{i}]"),
+                                        sampling_interval=sampling_interval,
+                                        sampling_mode=sampling_mode,
+                                        engine_stats=engine_stats))
+        except ConfigError as e:
+            errors.extend(e.messages)
     if errors:
-        raise ExportConfigError("; ".join(errors))
+        raise ConfigError(errors)
     s = ExporterSet(built)
     if open_now:
         s.open()
     return s
+
+
+def exporters_for(cfg, export_urls: Iterable[str] = (), reader: int | None = None,
+                  open_now: bool = True, readers: int = 1) -> ExporterSet | None:
+    """The exporters of a whole run, or None without destinations: `replay`
+    (``reader`` None: no packet sampling) and `run`'s reader ``reader`` (its
+    own observation domain and file, the capture's sampling) both come here.
+    ``cfg`` is the whole Config; ``export_urls`` the `--export` URLs.
+    ``rate_msgs_s`` is the probe's rate to a destination: each of ``readers``
+    paces at its share, so that together they never exceed it."""
+    items = export_items(cfg, list(export_urls), reader)
+    if readers > 1:
+        items = [dataclasses.replace(e, rate_msgs_s=e.rate_msgs_s / readers) for e in items]
+    if not items:
+        return None
+    sampling = ({} if reader is None else
+                {"sampling_interval": cfg.capture.sampling_rate,
+                 "sampling_mode": cfg.capture.sampling_mode})
+    return build_exporters(items, open_now=open_now, **sampling)

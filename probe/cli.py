@@ -24,7 +24,8 @@ import yaml
 
 from flowprobe import __version__
 from flowprobe.config import Config, ConfigError, default_config, load_config
-from flowprobe.config.build import build_config, export_url_errors
+from flowprobe.config import build as config_build
+from flowprobe.config.build import export_url_errors
 from flowprobe.errors import ExitCode, FlowprobeError, InputError, exit_code_for
 from flowprobe.logs import LineStream, configure_logging
 
@@ -49,8 +50,27 @@ def _print_config(cfg: Config) -> None:
     sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False))
 
 
+def capture_filter_errors(cfg: Config) -> list[tuple[str, str]]:
+    """``capture.filter`` compiled by libpcap for the Ethernet link type (the
+    driver's compile helper, driver/bpf.c, without an interface): a filter
+    libpcap refuses is a config error naming the key, not a reader that
+    fails to start."""
+    if not cfg.capture.filter:
+        return []
+    from flowprobe.driver.ring import RingError, compile_filter
+    try:
+        compile_filter(None, cfg.capture.filter, cfg.capture.snaplen)
+    except RingError as exc:
+        return [("capture.filter", exc.detail or str(exc))]
+    return []
+
+
+#: Checks of a loaded config beyond the schema (config check, replay, run, reload).
+CONFIG_CHECKS = (capture_filter_errors,)
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
-    _print_config(load_config(args.file))
+    _print_config(load_config(args.file, CONFIG_CHECKS))
     return ExitCode.OK
 
 
@@ -62,12 +82,18 @@ def cmd_config_defaults(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ replay
 
 def _add_replay(sub: Any) -> None:
-    p = sub.add_parser("replay", help="replay pcap/pcapng files through the flow engine")
+    p = sub.add_parser(
+        "replay", help="replay pcap/pcapng files through the flow engine",
+        epilog="exit status: 0 every record exported (or no exporter); "
+        f"{int(ExitCode.EXPORT_INCOMPLETE)} an exporter did not export every record "
+        "(not sent, refused, unwritable, still pending at close; NetFlow v5's "
+        "IPv6 records, which the format cannot carry, do not count); "
+        f"{int(ExitCode.CONFIG)} bad configuration or command line; "
+        f"{int(ExitCode.INPUT)} an input file cannot be read; "
+        f"{int(ExitCode.FAILURE)} any other failure.")
     p.add_argument("files", metavar="FILE", nargs="+", help="pcap or pcapng capture")
     _add_config_option(p)
-    p.add_argument("--idle-timeout", metavar="S", type=float, help="flow.idle_timeout_s")
-    p.add_argument("--active-timeout", metavar="S", type=float, help="flow.active_timeout_s")
-    p.add_argument("--max-flows", metavar="N", type=int, help="flow.max_flows")
+    add_flow_options(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per expired flow on stdout")
     p.add_argument("--export", metavar="URL", action="append", default=[],
@@ -78,6 +104,27 @@ def _add_replay(sub: Any) -> None:
 def _add_config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", metavar="CONFIG",
                    help="YAML config file (default: built-in defaults)")
+
+
+def add_flow_options(p: argparse.ArgumentParser) -> None:
+    """The flow-table flags that ``replay`` and ``run`` share; they override
+    the ``flow`` section of the config (see ``flow_overrides``)."""
+    p.add_argument("--idle-timeout", metavar="S", type=float, help="flow.idle_timeout_s")
+    p.add_argument("--active-timeout", metavar="S", type=float, help="flow.active_timeout_s")
+    p.add_argument("--max-flows", metavar="N", type=int, help="flow.max_flows")
+
+
+def flow_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides of ``add_flow_options``' flags (None = not given)."""
+    return {"flow.idle_timeout_s": args.idle_timeout,
+            "flow.active_timeout_s": args.active_timeout,
+            "flow.max_flows": args.max_flows}
+
+
+def build_config(path: str | None, overrides: dict[str, Any]) -> Config:
+    """The config a command runs with (config.build.build_config) and
+    CONFIG_CHECKS: the same for replay, run and the supervisor's reload."""
+    return config_build.build_config(path, overrides, CONFIG_CHECKS)
 
 
 def check_input_files(files: Sequence[str]) -> None:
@@ -95,11 +142,7 @@ def check_input_files(files: Sequence[str]) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     errors = export_url_errors(args.export)
     try:
-        cfg = build_config(args.config, {
-            "flow.idle_timeout_s": args.idle_timeout,
-            "flow.active_timeout_s": args.active_timeout,
-            "flow.max_flows": args.max_flows,
-        })
+        cfg = build_config(args.config, flow_overrides(args))
     except ConfigError as exc:
         raise ConfigError(str(exc).splitlines() + errors) from None
     if errors:
@@ -118,6 +161,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("-i", "--interface", metavar="IFACE", action="append",
                    help="capture interface (repeatable or comma-separated; capture.interface)")
     _add_config_option(p)
+    add_flow_options(p)
     p.add_argument("--workers", metavar="N", type=int,
                    help="reader processes per interface (supervisor.workers; "
                    "default one per available CPU)")
@@ -144,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"capture.interface": ",".join(args.interface) if args.interface else None,
                  "supervisor.workers": args.workers,
                  "supervisor.stats_socket": args.stats_socket,
-                 "capture.backend": args.backend}
+                 "capture.backend": args.backend, **flow_overrides(args)}
     try:
         cfg = build_config(args.config, overrides)
     except ConfigError as exc:

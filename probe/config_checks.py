@@ -15,9 +15,9 @@ import dataclasses
 
 from flowprobe.config import Config, ConfigError
 from flowprobe.config.schema import parse_interfaces
-from flowprobe.exporters.exporter import ExportConfigError, build_exporters
+from flowprobe.exporters.exporter import exporters_for
 from flowprobe.probe.metrics import check_available
-from flowprobe.probe.reader import export_items, linktype_of
+from flowprobe.probe.reader import linktype_of
 
 
 def check_config(cfg: Config, export_urls: list[str]) -> None:
@@ -25,11 +25,10 @@ def check_config(cfg: Config, export_urls: list[str]) -> None:
     errors = []
     if not parse_interfaces(cfg.capture.interface):
         errors.append("capture.interface: no interface (give -i IFACE or set it)")
-    if export_items(cfg, export_urls, 0):
-        try:
-            build_exporters(export_items(cfg, export_urls, 0), open_now=False)
-        except ExportConfigError as exc:
-            errors.append(str(exc))
+    try:
+        exporters_for(cfg, export_urls, 0, open_now=False)
+    except ConfigError as exc:
+        errors.extend(exc.messages)
     if cfg.metrics.listen:
         check_available()
     if errors:

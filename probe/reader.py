@@ -14,24 +14,20 @@ exporters change without losing a flow.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
-import json
 import math
-import os
 import time
 from typing import Any, Callable
-from urllib.parse import parse_qsl, urlsplit
 
-from flowprobe.config import ConfigError
+from flowprobe.config.schema import export_items, per_reader_url  # noqa: F401 (re-exported)
 from flowprobe.driver.ring import Ring, RingError
 from flowprobe.driver.xsk import XdpProgram, XskRing, capture_queues
-from flowprobe.exporters.exporter import ExportConfigError, build_exporters
 from flowprobe.errors import CaptureSetupError, ExitCode
+from flowprobe.exporters.exporter import exporters_for
 from flowprobe.exporters.pipeline import ExportPipeline
-from flowprobe.exporters.transports.udp import DEFAULT_RATE_MSGS_S
-from flowprobe.probe.flowtable.table import FlowTable, iter_records
 from flowprobe.logs import get_logger
+from flowprobe.probe.flowtable.table import FlowTable
+from flowprobe.probe.sinks import JsonLines
 
 #: ARPHRD_* of the capture interface -> the link type of what the ring hands
 #: out (SOCK_RAW packet sockets deliver the device's link-layer header).
@@ -43,7 +39,6 @@ ARPHRD_LINKTYPE = {1: 1, 772: 1, 65534: 101}
 SEQUENCE_ATTRS = ("sequence", "package_sequence", "flow_sequence")
 
 TICK_S = 0.1             # how often the clock advances without packets
-PIPE_BUF = 4096          # writes up to this size to a pipe are atomic
 
 
 def linktype_of(iface: str) -> int:
@@ -109,83 +104,14 @@ def attach_shared_programs(cfg, ifaces: list[str]) -> list:
     return programs
 
 
-def per_reader_url(url: str, index: int) -> str:
-    """A file destination for reader ``index``: readers must not share a
-    file (each would rename its own over the others'), so the index goes
-    before the extension: ipfix+file:///var/lib/f/flows.ipfix ->
-    .../flows.r0.ipfix. Network destinations are shared as they are."""
-    parts = urlsplit(url)
-    if not parts.scheme.lower().endswith("+file"):
-        return url
-    path = parts.path or parts.netloc
-    head, dot, ext = path.rpartition(".")
-    if not dot or "/" in ext:
-        head, ext = path, ""
-    path = f"{head}.r{index}" + (f".{ext}" if ext else "")
-    return f"{parts.scheme}://{path}" + (f"?{parts.query}" if parts.query else "")
-
-
-def export_items(cfg, export_urls: list[str], index: int, readers: int = 1) -> list[dict]:
-    """Exporter options for reader ``index``: each destination gets the
-    observation domain / source id ``base + index`` so that a collector sees
-    one exporter per reader (own sequence numbers and templates), and file
-    destinations a file of their own (per_reader_url). ``rate_msgs_s`` is
-    the probe's rate to a destination: each of ``readers`` paces at its
-    share, so that together they never exceed it."""
-    sampling = {"sampling_interval": cfg.capture.sampling_rate,
-                "sampling_mode": cfg.capture.sampling_mode}
-    share = max(1, readers)
-    items = []
-    for e in cfg.export:
-        item = dataclasses.asdict(e)
-        item["url"] = per_reader_url(e.url, index)
-        item["observation_domain"] = (e.observation_domain + index) & 0xFFFFFFFF
-        item["rate_msgs_s"] = e.rate_msgs_s / share
-        items.append({**item, **sampling})
-    for url in export_urls:
-        rate = dict(parse_qsl(urlsplit(url).query)).get("rate_msgs_s", DEFAULT_RATE_MSGS_S)
-        items.append({"url": per_reader_url(url, index), "rate_msgs_s": float(rate) / share,
-                      "observation_domain": 1 + index, **sampling})
-    return items
-
-
-def build_exporter_set(items: list[dict]):
-    """The exporters behind their queues and sender threads (an
-    ExportPipeline: the capture loop never waits on export), or None without
-    destinations; config problems become ConfigError (exit 2)."""
-    if not items:
-        return None
-    try:
-        return ExportPipeline(build_exporters(items))
-    except ExportConfigError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-class LineWriter:
-    """JSON records to a file descriptor in whole lines: every write is at
-    most PIPE_BUF bytes of complete lines, so readers sharing stdout never
-    interleave inside a line."""
-
-    def __init__(self, fd: int = 1) -> None:
-        self.fd = fd
-
-    def __call__(self, records, n: int) -> None:
-        chunk: list[bytes] = []
-        size = 0
-        for d in iter_records(records, n):
-            line = (json.dumps(d, separators=(",", ":")) + "\n").encode()
-            if size + len(line) > PIPE_BUF and chunk:
-                self._write(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(line)
-            size += len(line)
-        if chunk:
-            self._write(b"".join(chunk))
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+def build_exporter_set(cfg, export_urls: list[str], index: int, readers: int = 1):
+    """Reader ``index``'s exporters (exporters_for: its own observation
+    domain and file, its share of each destination's rate, the capture's
+    sampling) behind their queues and sender threads (an ExportPipeline:
+    the capture loop never waits on export), or None without destinations;
+    config problems are ConfigError (exit 2)."""
+    exporters = exporters_for(cfg, export_urls, index, readers=readers)
+    return ExportPipeline(exporters) if exporters is not None else None
 
 
 class Reader:
@@ -207,8 +133,9 @@ class Reader:
         # among the readers of this interface (the queue, for AF_XDP)
         self.ring = open_ring(cfg, iface, index if worker is None else worker, fanout_group)
         self._ring_error = _ring_error_type()
-        self.json_sink = LineWriter(1) if json_out else None
-        self.exporters = build_exporter_set(export_items(cfg, self.export_urls, index, readers))
+        # readers share stdout: whole lines, at most PIPE_BUF bytes a write
+        self.json_sink = JsonLines(1, shared=True) if json_out else None
+        self.exporters = build_exporter_set(cfg, self.export_urls, index, readers)
         self.retired: dict[str, dict] = {}      # stats of exporters replaced by reload
         self.table = FlowTable(cfg.flow, self._sink, ifindex=self.ring.ifindex)
         if self.exporters is not None:
@@ -304,9 +231,10 @@ class Reader:
         if cfg.flow != self.cfg.flow:
             self.table.set_timeouts(cfg.flow)
             changed.append("flow")
-        items = export_items(cfg, self.export_urls, self.index, self.readers)
-        if items != export_items(self.cfg, self.export_urls, self.index, self.readers):
-            self.swap_exporters(build_exporter_set(items))
+        if _export_settings(cfg, self.export_urls, self.index) != \
+                _export_settings(self.cfg, self.export_urls, self.index):
+            self.swap_exporters(build_exporter_set(cfg, self.export_urls, self.index,
+                                                   self.readers))
             changed.append("export")
         self.cfg = cfg
         return changed
@@ -345,6 +273,13 @@ class Reader:
             out["exporters_retired"] = self.retired
         out["sequences"] = self.export_sequences()
         return out
+
+
+def _export_settings(cfg, export_urls: list[str], index: int) -> tuple:
+    """What reader ``index``'s exporters are built from (a reload rebuilds
+    them when it changes)."""
+    return (export_items(cfg, export_urls, index),
+            cfg.capture.sampling_rate, cfg.capture.sampling_mode)
 
 
 def _sequences(exporters) -> dict[str, dict[str, int]]:

@@ -6,7 +6,6 @@ lines on stdout, exporters, or nothing (benchmarks).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -14,38 +13,12 @@ from typing import Callable, TextIO
 
 from flowprobe.driver.pcapfile import CaptureFileError, open_capture
 from flowprobe.errors import ExitCode
-from flowprobe.probe.flowtable.table import (
-    END_REASONS,
-    FlowTable,
-    Sink,
-    iter_records,
-)
 from flowprobe.logs import get_logger
+from flowprobe.probe.flowtable.table import END_REASONS, FlowTable
+from flowprobe.probe.sinks import JsonLines, Sink, fan_out
 
 #: Link types the parser handles (LINKTYPE_* values as readers report them).
 SUPPORTED_LINKTYPES = {0, 1, 12, 14, 101, 108, 113, 228, 229, 276}
-
-
-class JsonSink:
-    """Writes one JSON object per record (IANA IE names) to a stream."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-
-    def __call__(self, records, n: int) -> None:
-        self._out.write("".join(json.dumps(d, separators=(",", ":")) + "\n"
-                                for d in iter_records(records, n)))
-
-
-def fan_out(sinks: list[Sink]) -> Sink:
-    """One sink that hands each record batch to every sink in turn."""
-    if len(sinks) == 1:
-        return sinks[0]
-
-    def sink(records, n: int) -> None:
-        for s in sinks:
-            s(records, n)
-    return sink
 
 
 class Progress:
@@ -139,16 +112,41 @@ def format_summary(totals: dict, stats: dict, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unexported(records: int, exporter_stats: dict) -> int:
+    """Records an exporter was handed but did not export (not sent, still
+    pending at close, or lost to an encoder error); records its format
+    cannot carry (NetFlow v5: IPv6) are not failures."""
+    st = exporter_stats
+    return max(0, records - st["records_exported"] - st["records_not_exportable"])
+
+
+def format_export_summary(records: int, exporters: list) -> str:
+    """One line per exporter: records exported, and what was not (stderr)."""
+    lines = []
+    for e in exporters:
+        st = e.stats()
+        line = f"export {e.name}: {st['records_exported']:,} of {records:,} records"
+        if st["records_not_exportable"]:
+            line += f", {st['records_not_exportable']:,} not exportable in this format"
+        missing = unexported(records, st)
+        if missing:
+            line += (f", {missing:,} NOT EXPORTED (not sent {st['records_not_sent']:,}, "
+                     f"pending {st['records_pending']:,}, send errors {st['send_errors']:,})")
+        lines.append(line)
+    return "".join(line + "\n" for line in lines)
+
+
 def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) -> int:
     """The replay command: returns an exit code."""
     log = get_logger(cmd="replay")
     sinks: list[Sink] = []
     if json_out:
-        sinks.append(JsonSink(sys.stdout))
+        sys.stdout.flush()
+        sinks.append(JsonLines(sys.stdout.fileno()))
     exporters = []
     if export_urls or cfg.export:
-        from flowprobe.exporters.exporter import build_exporters
-        exporters = build_exporters(list(cfg.export) + list(export_urls))
+        from flowprobe.exporters.exporter import exporters_for
+        exporters = list(exporters_for(cfg, export_urls))
         sinks.extend(e.sink for e in exporters)
     table = FlowTable(cfg.flow, fan_out(sinks) if sinks else None)
     for e in exporters:
@@ -172,9 +170,8 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
     progress.done()
     seconds = time.perf_counter() - started
     stats = table.stats()
-    if json_out:
-        sys.stdout.flush()
     sys.stderr.write(format_summary(totals, stats, seconds))
+    sys.stderr.write(format_export_summary(stats["records_emitted"], exporters))
     log.info("replay_done", files=totals["files"], packets_read=totals["packets_read"],
              packets_accepted=stats["packets_accepted"], flows=stats["flows_created"],
              records=stats["records_emitted"], seconds=round(seconds, 3),
@@ -185,7 +182,13 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
         log.error("conservation_broken", accepted=stats["packets_accepted"],
                   emitted=stats["packets_emitted"])
         return ExitCode.FAILURE
+    missing = {e.name: unexported(stats["records_emitted"], e.stats()) for e in exporters}
+    if any(missing.values()):
+        log.error("records_not_exported", records=stats["records_emitted"],
+                  not_exported={k: v for k, v in missing.items() if v},
+                  exit_code=int(ExitCode.EXPORT_INCOMPLETE))
+        return ExitCode.EXPORT_INCOMPLETE
     return ExitCode.OK
 
 
-__all__ = ["run_replay", "replay_files", "JsonSink", "fan_out", "END_REASONS"]
+__all__ = ["run_replay", "replay_files", "END_REASONS"]

@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 from flowprobe.config import Config, ConfigError
-from flowprobe.config.build import build_config
 from flowprobe.config.schema import parse_cpulist, parse_interfaces
 from flowprobe.errors import ExitCode
 from flowprobe.logs import LineStream, configure_logging, get_logger
@@ -315,6 +314,7 @@ class Supervisor:
     # ------------------------------------------------------------ reload
     def load_config(self) -> Config:
         """The config a start with the same file and options would build."""
+        from flowprobe.probe.cli import build_config   # with the CLI's CONFIG_CHECKS
         return build_config(self.config_path, self.overrides)
 
     def reload(self) -> None:

@@ -1,5 +1,6 @@
 """The flowprobe command line: version, usage errors, config errors as exit codes."""
 
+import socket
 import subprocess
 import sys
 
@@ -59,3 +60,47 @@ def test_run_without_interface_exits_2():
     proc = run_cli("run", "--stats-socket", "")
     assert proc.returncode == 2
     assert "capture.interface" in proc.stderr
+
+
+def test_run_takes_the_flow_flags_of_replay():
+    """`run` has replay's --idle-timeout/--active-timeout/--max-flows, checked
+    as config overrides (exit 2 naming the key), before any interface is touched."""
+    proc = run_cli("run", "--help")
+    for flag in ("--idle-timeout", "--active-timeout", "--max-flows"):
+        assert flag in proc.stdout
+    proc = run_cli("run", "-i", "fpnone0", "--idle-timeout", "0", "--max-flows", "0",
+                   "--active-timeout", "-5")
+    assert proc.returncode == ExitCode.CONFIG, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for key in ("flow.idle_timeout_s", "flow.active_timeout_s", "flow.max_flows"):
+        assert f"{key} (command line)" in proc.stderr
+
+
+def test_replay_exit_status_when_records_were_not_exported(tmp_path):
+    """Every record exported: exit 0. An exporter that could not write them
+    (the file's directory is a regular file): exit EXPORT_INCOMPLETE, with
+    the count on stderr; NetFlow v5's IPv6 records do not count as failures."""
+    demo = str(__import__("pathlib").Path(__file__).parent.parent / "probe" / "data" / "demo.pcap")
+    good = tmp_path / "ok.ipfix"
+    proc = run_cli("replay", demo, "--export", f"ipfix+file://{good}")
+    assert proc.returncode == ExitCode.OK, proc.stderr
+    assert f"export ipfix+file://{good}: 120 of 120 records\n" in proc.stderr
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    bad = blocker / "flows.ipfix"
+    proc = run_cli("replay", demo, "--export", f"ipfix+file://{good}",
+                   "--export", f"ipfix+file://{bad}")
+    assert proc.returncode == ExitCode.EXPORT_INCOMPLETE == 6, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"export ipfix+file://{bad}: 0 of 120 records, 120 NOT EXPORTED" in proc.stderr
+    assert not bad.exists()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 0))      # a port that takes them (not refused)
+        proc = run_cli("replay", demo, "--export",
+                       f"netflow5://127.0.0.1:{listener.getsockname()[1]}",
+                       "--export", f"ipfix+file://{good}")
+    assert proc.returncode == ExitCode.OK, proc.stderr
+    assert "38 not exportable in this format" in proc.stderr
+    help_text = " ".join(run_cli("replay", "--help").stdout.split())
+    assert "exit status: 0 every record exported" in help_text
+    assert "6 an exporter did not export every record" in help_text

@@ -89,8 +89,8 @@ def test_tcp_collector_restart_loses_nothing_uncounted():
     port = free_port(socket.SOCK_STREAM)
     col = TcpCollector(port)
     col.start()
-    exp = build_exporter({"url": f"ipfix+tcp://127.0.0.1:{port}", "max_buffer_bytes": 60_000,
-                          "mtu": 1400, "backoff_max_s": 0.05})
+    exp = build_exporter({"url": f"ipfix+tcp://127.0.0.1:{port}", "max_buffer_bytes": 65_536,
+                          "mtu": 1400, "backoff_max_s": 0.1})
     exp.open()
     total = 0
     batches = 0

@@ -90,9 +90,9 @@ def test_options_between_data_are_decoded_and_counted(scheme, mode, capture, tmp
     rec = UdpRecorder()
     try:
         exps = build_exporters([{"url": f"{scheme}://127.0.0.1:{rec.port}",
-                                 "sampling_interval": 4, "sampling_mode": mode,
                                  "options_interval_s": 1e-9,
-                                 "template_refresh_messages": 5}])
+                                 "template_refresh_messages": 5}],
+                               sampling_interval=4, sampling_mode=mode)
         from flowprobe.probe.replay import replay_files
         from flowprobe.config.schema import FlowConfig
         table = FlowTable(FlowConfig(), exps.sink)

@@ -29,9 +29,10 @@ def capture(tmp_path_factory):
     return path, truth
 
 
-def export(cap, items):
-    """Replay `cap` in this process into exporters built from `items`."""
-    exps = build_exporters(items)
+def export(cap, items, **sampling):
+    """Replay `cap` in this process into exporters built from `items`
+    (``sampling``: the capture's sampling_interval and sampling_mode)."""
+    exps = build_exporters(items, **sampling)
     table = FlowTable(FlowConfig(), exps.sink)
     exps.attach(table)
     replay_files([cap], table, 1024)
@@ -63,9 +64,8 @@ def test_nfdump_and_nfacctd_scale_by_the_declared_rate(scheme, mode, capture, tm
     cap, truth = capture
     with nfcapd(tmp_path / "nf") as nf_port, \
             nfacctd(tmp_path / "pm", renormalize=True) as pm:
-        opts = {"sampling_interval": RATE, "sampling_mode": mode}
-        export(cap, [{"url": f"{scheme}://127.0.0.1:{nf_port}", **opts},
-                     {"url": f"{scheme}://127.0.0.1:{pm.port}", **opts}])
+        export(cap, [f"{scheme}://127.0.0.1:{nf_port}", f"{scheme}://127.0.0.1:{pm.port}"],
+               sampling_interval=RATE, sampling_mode=mode)
         pm.drain()
         logged = pm.log_since_start()
     packets, octets, seq_failures, samplers = nfdump_totals(tmp_path / "nf")

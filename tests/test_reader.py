@@ -7,7 +7,7 @@ def test_each_reader_gets_its_own_observation_domain():
     """Export items carry base + reader index as the observation domain."""
     cfg = load_config_text("export:\n  - url: ipfix://127.0.0.1:4739\n"
                            "    observation_domain: 40\n", "t")
-    assert [i["observation_domain"] for i in export_items(cfg, ["netflow9://h"], 3)] == [43, 4]
+    assert [i.observation_domain for i in export_items(cfg, ["netflow9://h"], 3)] == [43, 4]
 
 
 def test_each_reader_writes_its_own_export_file():
@@ -19,5 +19,5 @@ def test_each_reader_writes_its_own_export_file():
     assert per_reader_url("ipfix+file:///a.b/c", 1) == "ipfix+file:///a.b/c.r1"
     assert per_reader_url("ipfix://127.0.0.1:4739", 1) == "ipfix://127.0.0.1:4739"
     cfg = load_config_text("export:\n  - url: ipfix+file:///tmp/f.ipfix\n", "t")
-    urls = {export_items(cfg, [], i)[0]["url"] for i in range(2)}
+    urls = {export_items(cfg, [], i)[0].url for i in range(2)}
     assert urls == {"ipfix+file:///tmp/f.r0.ipfix", "ipfix+file:///tmp/f.r1.ipfix"}

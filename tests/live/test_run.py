@@ -95,17 +95,24 @@ def test_run_exports_exactly_the_truth(veth, tmp_path, capture_file):
     assert {r["flowEndReason"] for r in records} == {4}
 
 
-def test_idle_flows_expire_without_traffic(veth, tmp_path):
+@pytest.mark.parametrize("how", ["config", "flag"])
+def test_idle_flows_expire_without_traffic(veth, tmp_path, how):
     """The timer advances the clock: an idle flow is exported while no
-    packets arrive, before any signal."""
+    packets arrive, before any signal. The 1 s idle timeout comes from the
+    config file, or from `run --idle-timeout 1` over a config that says 600."""
     cfg = tmp_path / "idle.yaml"
-    cfg.write_text("flow:\n  idle_timeout_s: 1\n")
+    if how == "config":
+        cfg.write_text("flow:\n  idle_timeout_s: 1\n")
+        flags = []
+    else:
+        cfg.write_text("flow:\n  idle_timeout_s: 600\n  active_timeout_s: 600\n")
+        flags = ["--idle-timeout", "1", "--active-timeout", "300", "--max-flows", "1024"]
     path = tmp_path / "one.pcap"
     packets.write_pcap(path, [(synth.DEFAULT_START_NS + i, packets.eth_ipv4_udp(
         "198.18.0.1", "198.18.0.2", 1000, 2000, b"z" * 50)) for i in range(5)])
     proc = subprocess.Popen(
         veth.argv(veth.cap_ns, sys.executable, "-m", "flowprobe", "run", "-i", veth.cap_if,
-                  "-c", str(cfg), "--json"),
+                  "-c", str(cfg), "--json", *flags),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2)

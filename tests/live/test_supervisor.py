@@ -403,15 +403,27 @@ def test_stale_reader_is_killed_and_restarted(ns, tmp_path, probes):
 
 
 def test_capture_setup_error_halts_without_restart_loop(ns, tmp_path, probes):
-    """A filter that does not compile on the interface: every reader exits
-    CAPTURE_SETUP, the supervisor halts with exit 3 and the message, once."""
-    p = start(probes, ns, tmp_path, "", wait=False, bpf="no such filter (((")
+    """A filter that does not compile on the interface (the config check's
+    Ethernet compile takes it; the live handle's optimizer refuses it):
+    every reader exits CAPTURE_SETUP, the supervisor halts with exit 3 and
+    the message, once."""
+    p = start(probes, ns, tmp_path, "", wait=False, bpf="ip and ip6")
     code = p.wait(timeout=30)
     assert code == 3
     err = "".join(p.lines)
-    assert "cannot open capture ring" in err and "no such filter" in err
+    assert "cannot open capture ring" in err and "rejects all packets" in err
     assert len(p.events("reader_spawned")) == 2
     assert p.events("halting")
+
+
+def test_bad_filter_is_a_config_error_before_any_reader(ns, tmp_path, probes):
+    """A filter libpcap cannot parse is caught with the config: exit 2 with
+    the key and its line, as `config check` says it, and no reader spawned."""
+    p = start(probes, ns, tmp_path, "", wait=False, bpf="no such filter (((")
+    assert p.wait(timeout=30) == 2
+    err = "".join(p.lines)
+    assert "capture.filter (line " in err and "syntax error" in err
+    assert not p.events("reader_spawned")
 
 
 def test_no_such_interface_exits_3_at_once(ns):
