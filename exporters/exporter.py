@@ -14,7 +14,6 @@ is the capture's, not the destination's, so it is a separate argument.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -296,13 +295,14 @@ class ExporterSet:
 # -- construction ------------------------------------------------------------
 def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 1,
                    sampling_mode: str = "deterministic", engine_stats=None,
-                   probe: dict | None = None) -> Exporter:
+                   probe: dict | None = None, readers: int = 1) -> Exporter:
     """One exporter from its typed config (a URL or a mapping goes through
     the schema first, config.export_config). Every setting comes from the
     ExportConfig; ``sampling_*``: the capture's packet sampling, reported in
     the options records; ``probe``: what ntopng's event message says of the
-    probe (iface, idle_timeout_s, active_timeout_s). ConfigError if the
-    destination is unusable."""
+    probe (iface, idle_timeout_s, active_timeout_s); ``readers``: how many
+    processes share each destination's ``rate_msgs_s`` (each paces at its
+    share). ConfigError if the destination is unusable."""
     ec = export_config(item)
     enc_name, tr_name = ec.format, ec.transport
     if tr_name == "zmq":
@@ -319,7 +319,8 @@ def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 
     except EncodeError as e:
         raise ConfigError([f"export {ec.url}: {e}"]) from None
     if tr_name == "udp":
-        transport = UdpTransport(ec.host, ec.port, rate_msgs_s=ec.rate_msgs_s)
+        transport = UdpTransport(ec.host, ec.port,
+                                 rate_msgs_s=ec.rate_msgs_s / max(1, readers))
         policy = TemplatePolicy(every_messages=ec.template_refresh_messages,
                                 every_s=ec.template_refresh_s,
                                 options_every_s=ec.options_interval_s)
@@ -339,7 +340,8 @@ def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 
 
 def build_exporters(items: Iterable[ExportConfig | str | dict], *, sampling_interval: int = 1,
                     sampling_mode: str = "deterministic", engine_stats=None,
-                    open_now: bool = True, probe: dict | None = None) -> ExporterSet:
+                    open_now: bool = True, probe: dict | None = None,
+                    readers: int = 1) -> ExporterSet:
     """Build (and open) every exporter: the one way `replay` and `run`'s
     readers make theirs. Config errors are collected and raised together
     (ConfigError, each message naming its item), before anything is opened."""
@@ -349,7 +351,8 @@ def build_exporters(items: Iterable[ExportConfig | str | dict], *, sampling_inte
             built.append(build_exporter(export_config(item, f"export[{i}]"),
                                         sampling_interval=sampling_interval,
                                         sampling_mode=sampling_mode,
-                                        engine_stats=engine_stats, probe=probe))
+                                        engine_stats=engine_stats, probe=probe,
+                                        readers=readers))
         except ConfigError as e:
             errors.extend(e.messages)
     if errors:
@@ -369,8 +372,6 @@ def exporters_for(cfg, export_urls: Iterable[str] = (), reader: int | None = Non
     ``rate_msgs_s`` is the probe's rate to a destination: each of ``readers``
     paces at its share, so that together they never exceed it."""
     items = export_items(cfg, list(export_urls), reader)
-    if readers > 1:
-        items = [dataclasses.replace(e, rate_msgs_s=e.rate_msgs_s / readers) for e in items]
     if not items:
         return None
     sampling = ({} if reader is None else
@@ -379,7 +380,7 @@ def exporters_for(cfg, export_urls: Iterable[str] = (), reader: int | None = Non
     probe = {"iface": cfg.capture.interface or ("replay" if reader is None else ""),
              "idle_timeout_s": cfg.flow.idle_timeout_s,
              "active_timeout_s": cfg.flow.active_timeout_s}
-    return build_exporters(items, open_now=open_now, probe=probe, **sampling)
+    return build_exporters(items, open_now=open_now, probe=probe, readers=readers, **sampling)
 
 
 def build_ntopng_exporter(ec: ExportConfig, *, engine_stats=None,
