@@ -13,7 +13,8 @@ both are deleted on exit, on error and on Ctrl-C:
    ``--export zmq://127.0.0.1:PORT``; ntopng's REST interface totals
    (``/lua/rest/v2/get/interface/data.lua?ifid=0``) must equal the
    capture's truth in packets and IP bytes, with zmq_msg_drops 0 and
-   dropped_flows 0;
+   dropped_flows 0, and its probes list (``.../interface/nprobes/data.lua``,
+   from the event messages) must show flowprobe;
 3. **live**: ``flowprobe run`` on the capture end of the veth feeding the
    same ntopng while a few known flows are sent; ntopng's active flows
    (``/lua/rest/v2/get/flow/active.lua?ifid=0``) must show their addresses,
@@ -168,7 +169,11 @@ def replay_part(pair: NetnsPair, nt: Ntopng, work: Path, flows: int, pkts: int) 
           f"num_flows {data.get('num_flows')}, zmq flows {zmq.get('flows')}, "
           f"zmq_msg_rcvd {zmq.get('zmq_msg_rcvd')}, zmq_msg_drops {zmq.get('zmq_msg_drops')}, "
           f"dropped_flows {zmq.get('dropped_flows')}")
+    probes = nt.rest("/lua/rest/v2/get/interface/nprobes/data.lua?ifid=0") or []
+    listed = [p.get("column_nprobe_version") for p in probes if isinstance(p, dict)]
+    print(f"ntopng's probes page (event messages): {listed}")
     ok = (cp.returncode == 0 and data.get("packets") == truth.packets
+          and any("flowprobe" in str(v) for v in listed)
           and data.get("bytes") == truth.octets and zmq.get("zmq_msg_drops") == 0
           and zmq.get("dropped_flows") == 0)
     print("replay:", "OK (totals equal the truth)" if ok else "FAILED")

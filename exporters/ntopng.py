@@ -27,6 +27,7 @@ counted with that reason; sending never blocks.
 from __future__ import annotations
 
 import json
+import platform
 import struct
 import time
 import zlib
@@ -359,7 +360,8 @@ def event(*, now_s: int, probe_ip: str, version: str, iface: str, packets: int,
     return json.dumps({
         "time": now_s, "bytes": octets, "packets": packets,
         "iface": {"name": iface, "speed": speed_mbps},
-        "probe": {"ip": probe_ip, "version": f"flowprobe {version}"},
+        "probe": {"ip": probe_ip, "version": f"flowprobe {version}",
+                  "osname": platform.system()},
         "timeout": {"lifetime": int(active_timeout_s), "idle": int(idle_timeout_s)},
         "drops": {"export_queue_full": not_sent, "flow_collection_drops": drops},
     }, separators=(",", ":")).encode()
