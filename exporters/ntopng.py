@@ -45,6 +45,7 @@ from flowprobe.exporters.transports import Transport
 HEADER = struct.Struct("=16sBBH4s")
 VERSION_JSON, VERSION_TLV = 2, 3
 PAYLOAD_CAP = 1 << 16          # bytes per flow message, well under ntopng's buffer
+OPEN_RETRY_S = 1.0             # a failed bind/connect is retried this often
 
 # nProbe / NetFlow v9 element ids (ntopng include/flow_fields... and RFC 3954)
 IN_BYTES, IN_PKTS, PROTOCOL, SRC_TOS, TCP_FLAGS = 1, 2, 4, 5, 6
@@ -256,6 +257,8 @@ class ZmqTransport(Transport):
         self.events_sent = 0
         self.events_not_sent = 0
         self.sock = None
+        self._closed = False
+        self._retry_at = 0.0
         self._ids: dict[str, int] = {}
         self._topics: set[bytes] = set()   # subscription prefixes now held
 
@@ -263,6 +266,16 @@ class ZmqTransport(Transport):
         return self.url
 
     def open(self) -> None:
+        if self._open_socket():
+            deadline = time.monotonic() + self.subscriber_wait_s
+            while not self.subscribed("flow") and time.monotonic() < deadline:
+                self.sock.poll(50, zmq.POLLIN)
+
+    def _open_socket(self) -> bool:
+        """Bind or connect; on failure (a port still held, e.g. by the
+        exporter a reload just replaced, whose socket lingers) count it, log
+        it and try again at the next send or poll a second later."""
+        self._retry_at = time.monotonic() + OPEN_RETRY_S
         sock = zmq.Context.instance().socket(zmq.XPUB)
         sock.setsockopt(zmq.XPUB_NODROP, 1)
         sock.setsockopt(zmq.SNDHWM, self.hwm_messages)
@@ -275,12 +288,14 @@ class ZmqTransport(Transport):
             sock.close(linger=0)
             self.send_errors += 1
             self.log.warning("zmq_open_failed", endpoint=self.endpoint, error=str(exc))
-            return
+            return False
         self.sock = sock
         self.streams_started += 1
-        deadline = time.monotonic() + self.subscriber_wait_s
-        while not self.subscribed("flow") and time.monotonic() < deadline:
-            self.sock.poll(50, zmq.POLLIN)
+        return True
+
+    def _reopen_due(self) -> bool:
+        return (self.sock is None and not self._closed
+                and time.monotonic() >= self._retry_at and self._open_socket())
 
     def ipv6_endpoint(self) -> bool:
         return "[" in self.endpoint
@@ -304,7 +319,7 @@ class ZmqTransport(Transport):
 
     def _send(self, topic: str, version: int, payload: bytes) -> str | None:
         """One message; None when sent, else why not (nothing was sent)."""
-        if self.sock is None:
+        if self.sock is None and not self._reopen_due():
             return "send_error"
         if not self.subscribed(topic):
             return NO_SUBSCRIBER
@@ -339,9 +354,12 @@ class ZmqTransport(Transport):
         self.records_sent += nrecords
 
     def poll(self) -> None:
+        if self.sock is None:
+            self._reopen_due()
         self._poll_subscriptions()
 
     def close(self) -> None:
+        self._closed = True
         if self.sock is not None:
             self.sock.close(linger=int(self.close_timeout_s * 1000))
             self.sock = None

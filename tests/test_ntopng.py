@@ -245,3 +245,31 @@ def test_transport_counts_high_water_mark_drops():
 def test_bad_url_is_refused(url):
     with pytest.raises(ValueError, match="zmq://HOST:PORT"):
         ntopng.ZmqTransport(url)
+
+
+def test_port_held_is_counted_then_retried(monkeypatch):
+    """A port another socket still holds (the exporter a reload replaced):
+    the records are counted send_error, nothing raises, and the bind is
+    retried, so that once the port is free the messages flow."""
+    monkeypatch.setattr(ntopng, "OPEN_RETRY_S", 0.0)
+    port = free_port()
+    holder = zmq.Context.instance().socket(zmq.XPUB)
+    holder.bind(f"tcp://127.0.0.1:{port}")
+    tx = ntopng.ZmqTransport(f"zmq://127.0.0.1:{port}")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        tx.open()
+        assert tx.sock is None and tx.send_errors == 1
+        tx.send(b"\x01\x01", 5)
+        assert tx.records_not_sent_by == {"send_error": 5}
+        holder.close(linger=0)
+        assert wait_for(lambda: (tx.poll(), tx.sock is not None)[1])
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        sub.setsockopt(zmq.SUBSCRIBE, b"flow")
+        assert wait_for(lambda: tx.subscribed("flow"))
+        tx.send(b"\x01\x01", 3)
+        assert tx.records_sent == 3 and sub.poll(2000)
+    finally:
+        sub.close(linger=0)
+        holder.close(linger=0)
+        tx.close()
