@@ -213,7 +213,8 @@ def per_reader_url(url: str, index: int) -> str:
     if parts.scheme.lower() == "zmq" and parts.port:
         host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
         return f"zmq://{host}:{parts.port + index}"
-    if SCHEMES.get(parts.scheme.lower(), ExportScheme("", "", None)).transport != "file":
+    scheme = SCHEMES.get(parts.scheme.lower())
+    if scheme is None or scheme.transport != "file":
         return url
     path = parts.path or parts.netloc
     head, dot, ext = path.rpartition(".")
