@@ -10,14 +10,16 @@ both are deleted on exit, on error and on Ctrl-C:
    and ntopng (``./ntopng -i tcp://127.0.0.1:PORT -w 127.0.0.1:3300 -d DATA
    -r 127.0.0.1:6391 -l 1 -s -n 0 -G PIDFILE``, run from DIR);
 2. **replay**: a seeded synthetic capture (2023 timestamps) replayed with
-   ``--export zmq://127.0.0.1:PORT``; ntopng's REST interface totals
-   (``/lua/rest/v2/get/interface/data.lua?ifid=0``) must equal the
+   ``--export zmq://127.0.0.1:PORT`` (ntopng connects), then again with
+   ``zmq+connect://127.0.0.1:5558`` into ntopng's second interface ``-i
+   tcp://127.0.0.1:5558c`` (ntopng binds); each time ntopng's REST interface totals
+   (``/lua/rest/v2/get/interface/data.lua?ifid=N``) must equal the
    capture's truth in packets and IP bytes, with zmq_msg_drops 0 and
    dropped_flows 0, and its probes list (``.../interface/nprobes/data.lua``,
    from the event messages) must show flowprobe;
 3. **live**: ``flowprobe run`` on the capture end of the veth feeding the
    same ntopng while a few known flows are sent; ntopng's active flows
-   (``/lua/rest/v2/get/flow/active.lua?ifid=0``) must show their addresses,
+   (``/lua/rest/v2/get/flow/active.lua?ifid=N``) must show their addresses,
    ports and protocol.
 
 Prints the figures; exit 0 when every check holds, 1 otherwise, 2 when DIR
@@ -46,6 +48,7 @@ import synth  # noqa: E402
 
 SENDER = HERE.parent / "tools" / "sender.py"
 ZMQ_PORT, HTTP_PORT, REDIS_PORT = 5556, 3300, 6391
+COLLECTOR_PORT = 5558       # ntopng binds it (-i "tcp://*:5558c"): zmq+connect://
 # flows of the live part: (version, src, dst, protocol, sport, dport)
 LIVE_FLOWS = [
     (4, "198.18.200.1", "198.19.200.2", 17, 40001, 53),
@@ -88,11 +91,14 @@ class Ntopng:
         data = self.work / "ntopng-data"
         data.mkdir()
         self.ntopng = self._start(["./ntopng", "-i", f"tcp://127.0.0.1:{ZMQ_PORT}",
+                                   "-i", f"tcp://127.0.0.1:{COLLECTOR_PORT}c",
                                    "-w", f"127.0.0.1:{HTTP_PORT}", "-d", str(data),
                                    "-r", f"127.0.0.1:{REDIS_PORT}", "-l", "1", "-s",
                                    "-n", "0", "-G", str(self.work / "ntopng.pid")],
                                   "ntopng.log", cwd=self.dir)
-        wait(lambda: self.interface() is not None, 120, "ntopng's REST API did not answer")
+        wait(lambda: self.interface(0) is not None, 120, "ntopng's REST API did not answer")
+        names = self.rest("/lua/rest/v2/get/ntopng/interfaces.lua") or []
+        self.ifids = {n["ifname"]: n["ifid"] for n in names if isinstance(n, dict)}
         return self
 
     def _start(self, argv: list[str], log: str, cwd: Path | None = None) -> subprocess.Popen:
@@ -110,21 +116,24 @@ class Ntopng:
         except ValueError:
             return None
 
-    def interface(self) -> dict | None:
-        return self.rest("/lua/rest/v2/get/interface/data.lua?ifid=0")
+    def ifid(self, endpoint: str) -> int:
+        return next(i for name, i in self.ifids.items() if endpoint in name)
 
-    def settled(self, timeout: float = 90) -> dict:
+    def interface(self, ifid: int) -> dict | None:
+        return self.rest(f"/lua/rest/v2/get/interface/data.lua?ifid={ifid}")
+
+    def settled(self, ifid: int, timeout: float = 90) -> dict:
         """Interface data once its packet count stopped moving for 5 s."""
         last, since, end = None, time.monotonic(), time.monotonic() + timeout
         while time.monotonic() < end:
-            data = self.interface() or {}
+            data = self.interface(ifid) or {}
             key = (data.get("packets"), data.get("bytes"))
             if key != last:
                 last, since = key, time.monotonic()
             elif time.monotonic() - since >= 5:
                 return data
             time.sleep(1)
-        return self.interface() or {}
+        return self.interface(ifid) or {}
 
     def __exit__(self, *exc) -> None:
         for p in reversed(self.procs):
@@ -150,26 +159,24 @@ def flowprobe(pair: NetnsPair, *args, timeout: float = 600) -> subprocess.Comple
                timeout=timeout, check=False)
 
 
-def replay_part(pair: NetnsPair, nt: Ntopng, work: Path, flows: int, pkts: int) -> bool:
+def replay_part(pair: NetnsPair, nt: Ntopng, work: Path, truth, url: str, ifid: int) -> bool:
     cap = work / "replay.pcap"
-    truth = synth.generate(cap, flows=flows, packets=pkts, seed=1400)
     cfg = work / "replay.yaml"
-    cfg.write_text(f"export:\n  - url: zmq://127.0.0.1:{ZMQ_PORT}\n"
-                   "    subscriber_wait_s: 15\n")
+    cfg.write_text(f"export:\n  - url: {url}\n    subscriber_wait_s: 15\n")
     started = time.monotonic()
     cp = flowprobe(pair, "replay", cap, "-c", cfg)
     seconds = time.monotonic() - started
     summary = [x for x in cp.stderr.splitlines() if x.startswith("export ")]
-    data = nt.settled()
+    data = nt.settled(ifid)
     zmq = data.get("zmqRecvStats") or {}
-    print(f"replay: {truth.packets:,} packets / {truth.octets:,} IP bytes / "
+    print(f"replay to {url} (ntopng ifid {ifid}): {truth.packets:,} packets / {truth.octets:,} IP bytes / "
           f"{len(truth.flows):,} flows in {seconds:.1f} s, exit {cp.returncode}; "
           + "; ".join(summary))
     print(f"ntopng interface: packets {data.get('packets')}, bytes {data.get('bytes')}, "
           f"num_flows {data.get('num_flows')}, zmq flows {zmq.get('flows')}, "
           f"zmq_msg_rcvd {zmq.get('zmq_msg_rcvd')}, zmq_msg_drops {zmq.get('zmq_msg_drops')}, "
           f"dropped_flows {zmq.get('dropped_flows')}")
-    probes = nt.rest("/lua/rest/v2/get/interface/nprobes/data.lua?ifid=0") or []
+    probes = nt.rest(f"/lua/rest/v2/get/interface/nprobes/data.lua?ifid={ifid}") or []
     listed = [p.get("column_nprobe_version") for p in probes if isinstance(p, dict)]
     print(f"ntopng's probes page (event messages): {listed}")
     ok = (cp.returncode == 0 and data.get("packets") == truth.packets
@@ -189,7 +196,7 @@ def flow_fields(flow: dict) -> tuple:
             str(proto.get("l4", "")).upper())
 
 
-def live_part(pair: NetnsPair, nt: Ntopng, work: Path) -> bool:
+def live_part(pair: NetnsPair, nt: Ntopng, work: Path, ifid: int) -> bool:
     cap = work / "live.pcap"
     live_capture(cap)
     pair.prepare_capture_end()
@@ -207,7 +214,7 @@ def live_part(pair: NetnsPair, nt: Ntopng, work: Path) -> bool:
                                         cap, "--pps", "200", "--max-seconds", "30")).stdout)
         end = time.monotonic() + 60
         while time.monotonic() < end and not want <= seen:
-            rsp = nt.rest("/lua/rest/v2/get/flow/active.lua?ifid=0&perPage=1000") or {}
+            rsp = nt.rest(f"/lua/rest/v2/get/flow/active.lua?ifid={ifid}&perPage=1000") or {}
             rows = rsp.get("data", rsp) if isinstance(rsp, dict) else rsp
             seen = {flow_fields(f) for f in rows or [] if isinstance(f, dict)}
             time.sleep(2)
@@ -246,9 +253,15 @@ def main() -> int:
             NetnsPair("fp" + uuid.uuid4().hex[:8]) as pair:
         work = Path(tmp)
         run(pair.argv(pair.cap_ns, "ip", "link", "set", "lo", "up"))
+        truth = synth.generate(work / "replay.pcap", flows=args.flows,
+                               packets=min(args.packets, 2_000_000), seed=1400)
         with Ntopng(pair, ntopng_dir, work) as nt:
-            ok = replay_part(pair, nt, work, args.flows, min(args.packets, 2_000_000))
-            ok = live_part(pair, nt, work) and ok
+            print("ntopng interfaces:", nt.ifids)
+            bind_if = nt.ifid(f"127.0.0.1:{ZMQ_PORT}")
+            ok = replay_part(pair, nt, work, truth, f"zmq://127.0.0.1:{ZMQ_PORT}", bind_if)
+            ok = replay_part(pair, nt, work, truth, f"zmq+connect://127.0.0.1:{COLLECTOR_PORT}",
+                             nt.ifid(f"{COLLECTOR_PORT}c")) and ok
+            ok = live_part(pair, nt, work, bind_if) and ok
     return 0 if ok else 1
 
 
