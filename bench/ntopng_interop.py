@@ -17,7 +17,8 @@ both are deleted on exit, on error and on Ctrl-C:
    capture's truth in packets and IP bytes, with zmq_msg_drops 0 and
    dropped_flows 0, and its probes list (``.../interface/nprobes/data.lua``,
    from the event messages) must show flowprobe;
-3. **live**: ``flowprobe run`` on the capture end of the veth feeding the
+3. **live**: ``flowprobe run --workers 2`` (readers bind PORT and PORT + 1,
+   both in ntopng's first interface) on the capture end of the veth feeding the
    same ntopng while a few known flows are sent; ntopng's active flows
    (``/lua/rest/v2/get/flow/active.lua?ifid=N``) must show their addresses,
    ports and protocol.
@@ -90,7 +91,10 @@ class Ntopng:
                          check=False).stdout.strip() == "PONG", 20, "redis did not start")
         data = self.work / "ntopng-data"
         data.mkdir()
-        self.ntopng = self._start(["./ntopng", "-i", f"tcp://127.0.0.1:{ZMQ_PORT}",
+        # the first interface subscribes to PORT and PORT + 1: what `run
+        # --workers 2 --export zmq://127.0.0.1:PORT` binds (README)
+        self.ntopng = self._start(["./ntopng", "-i", f"tcp://127.0.0.1:{ZMQ_PORT},"
+                                   f"tcp://127.0.0.1:{ZMQ_PORT + 1}",
                                    "-i", f"tcp://127.0.0.1:{COLLECTOR_PORT}c",
                                    "-w", f"127.0.0.1:{HTTP_PORT}", "-d", str(data),
                                    "-r", f"127.0.0.1:{REDIS_PORT}", "-l", "1", "-s",
@@ -202,7 +206,7 @@ def live_part(pair: NetnsPair, nt: Ntopng, work: Path, ifid: int) -> bool:
     pair.prepare_capture_end()
     probe = subprocess.Popen(
         pair.argv(pair.cap_ns, sys.executable, "-m", "flowprobe", "run", "-i", pair.cap_if,
-                  "--workers", "1", "--idle-timeout", "2", "--active-timeout", "5",
+                  "--workers", "2", "--idle-timeout", "2", "--active-timeout", "5",
                   "--stats-socket", "", "--export", f"zmq://127.0.0.1:{ZMQ_PORT}"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     want = {(src, dst, sport, dport, {6: "TCP", 17: "UDP"}[proto])
@@ -225,7 +229,8 @@ def live_part(pair: NetnsPair, nt: Ntopng, work: Path, ifid: int) -> bool:
         except subprocess.TimeoutExpired:
             probe.kill()
             _, err = probe.communicate()
-    print(f"live: sent {sent.get('sent')} frames of {len(LIVE_FLOWS)} flows; probe exit "
+    print(f"live (run --workers 2): sent {sent.get('sent')} frames of {len(LIVE_FLOWS)} flows; "
+          "probe exit "
           f"{probe.returncode}")
     for f in sorted(want, key=str):
         print(f"  {'found  ' if f in seen else 'MISSING'} {f[0]}:{f[2]} -> {f[1]}:{f[3]} {f[4]}")
