@@ -47,3 +47,27 @@ def test_two_readers_feed_one_subscriber(veth, tmp_path):
         p, o = counts.get(tlv_key(r), (0, 0))
         counts[tlv_key(r)] = (p + r["2"], o + r["1"])
     assert counts == truth.counts()
+
+
+def test_ntopng_down_never_stalls_capture(veth, tmp_path):
+    """Nobody subscribed: both readers capture every packet (0 ring drops)
+    and count every record not sent as no_subscriber."""
+    path = tmp_path / "live.pcap"
+    truth = synth.generate(path, flows=FLOWS, packets=PACKETS, seed=44,
+                           mix={"fragmented": 0.0})
+    veth.run(veth.cap_ns, "ip", "link", "set", "lo", "up")
+    proc = start_probe(veth, tmp_path, "--workers", "2",
+                       "--export", f"zmq://127.0.0.1:{PORT}")
+    try:
+        sent = veth.send(path, pps=PPS)
+        assert sent["sent"] == truth.frames and sent["errors"] == 0
+    finally:
+        out, err = stop_probe(proc)
+    readers = [json.loads(x) for x in err.splitlines() if '"reader_stopped"' in x]
+    assert len(readers) == 2
+    assert sum(r["ring"]["kernel_drops"] for r in readers) == 0
+    assert sum(r["table"]["packets_accepted"] for r in readers) == truth.packets
+    for r in readers:
+        (st,) = r["exporters"].values()
+        assert st["records_exported"] == 0
+        assert st["records_not_sent_by"] == {"no_subscriber": r["table"]["records_emitted"]}
