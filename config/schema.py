@@ -83,6 +83,14 @@ EXPORT_SCHEMES = tuple(SCHEMES)
 MAX_UDP_PAYLOAD = 65507
 
 
+def check_optional_ipv4(value: str) -> str | None:
+    """Empty, or a dotted-quad IPv4 address."""
+    parts = value.split(".")
+    if not value or len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
+        return None
+    return f"{value!r} is not an IPv4 address"
+
+
 def check_export_url(url: str) -> str | None:
     """Error message for an export URL, or None if it is usable.
 
@@ -162,6 +170,7 @@ class ExportConfig:
     hwm_messages: int = setting(10000, min=1)
     event_interval_s: float = setting(10.0, min=0)
     subscriber_wait_s: float = setting(2.0, min=0)
+    exporter_address: str = setting("", check=check_optional_ipv4)
 
     @property
     def scheme(self) -> str:

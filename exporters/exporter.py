@@ -394,7 +394,8 @@ def build_ntopng_exporter(ec: ExportConfig, *, engine_stats=None,
                             compress=ec.compress, probe_ip=_probe_ip(ec),
                             iface=str(probe.get("iface", "")),
                             idle_timeout_s=probe.get("idle_timeout_s", 0),
-                            active_timeout_s=probe.get("active_timeout_s", 0))
+                            active_timeout_s=probe.get("active_timeout_s", 0),
+                            exporter_address=ec.exporter_address or None)
     transport = ZmqTransport(ec.url, version=encoder.version, source_id=ec.source_id,
                              hwm_messages=ec.hwm_messages,
                              subscriber_wait_s=ec.subscriber_wait_s,

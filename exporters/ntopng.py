@@ -186,12 +186,14 @@ class NtopngEncoder:
 
     def __init__(self, *, zmq_format: str = "tlv", records_per_message: int = 32,
                  compress: bool = False, probe_ip: str = "0.0.0.0", iface: str = "",
-                 idle_timeout_s: float = 0, active_timeout_s: float = 0):
+                 idle_timeout_s: float = 0, active_timeout_s: float = 0,
+                 exporter_address: str | None = None):
         if zmq_format == "json":
-            self.payloads: TlvEncoder = JsonEncoder(records_per_message, compress=compress)
+            self.payloads: TlvEncoder = JsonEncoder(records_per_message, exporter_address,
+                                                    compress=compress)
             self.version = VERSION_JSON
         else:
-            self.payloads = TlvEncoder(records_per_message)
+            self.payloads = TlvEncoder(records_per_message, exporter_address)
             self.version = VERSION_TLV
         self.clock = PacketClock(0)
         self.records_encoded = 0

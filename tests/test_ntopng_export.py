@@ -79,6 +79,21 @@ def test_compress_with_tlv_is_a_config_error(tmp_path):
                           "zmq_format": "json"}).compress
 
 
+def test_exporter_address_is_checked_and_sent():
+    """exporter_address must be an IPv4 address (a config error naming the
+    key otherwise) and is EXPORTER_IPV4_ADDRESS (130) in every record."""
+    with pytest.raises(ConfigError, match="exporter_address"):
+        export_config({"url": "zmq://127.0.0.1:1", "exporter_address": "198.18.0"})
+    from flowprobe.exporters.exporter import build_exporter
+    from records import FIXED, make_records
+    exp = build_exporter({"url": "zmq://127.0.0.1:1", "exporter_address": "198.18.255.1"})
+    payloads = exp.encoder.encode(make_records(FIXED), len(FIXED))
+    recs = [r for p, _ in payloads for r in ntopng.tlv_to_objects(p)]
+    assert len(recs) == len(FIXED) and {r["130"] for r in recs} == {"198.18.255.1"}
+    plain = build_exporter("zmq://127.0.0.1:1").encoder.encode(make_records(FIXED), len(FIXED))
+    assert all("130" not in r for p, _ in plain for r in ntopng.tlv_to_objects(p))
+
+
 # ------------------------------------------------------------------ replay
 
 @pytest.fixture(scope="module")
