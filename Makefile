@@ -26,7 +26,7 @@ C_SOURCES := setup.py $(wildcard */*_build.py */*/*_build.py \
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: all deps apt-deps build test run bench bench-live bench-flood deb clean distclean
+.PHONY: all deps apt-deps build test run bench bench-live bench-flood interop-ntopng deb clean distclean
 
 all: build
 
@@ -67,6 +67,14 @@ bench-live: build
 # random-source UDP flood into `run --workers 2` and softflowd (README "Exporting")
 bench-flood: build
 	$(PY) bench/flood.py
+
+# a real ntopng fed over ZeroMQ (README "Feeding ntopng"): replay totals and
+# live flows. NTOPNG = an ntopng 5.2.1 source folder with its binary already
+# built by the operator; this project never builds ntopng.
+interop-ntopng: build
+	@if [ -z "$(NTOPNG)" ]; then echo "interop-ntopng: give NTOPNG=/path/to/ntopng-5.2.1 (a folder holding a built ntopng binary; README, Feeding ntopng)" >&2; exit 2; fi
+	@if [ ! -x "$(NTOPNG)/ntopng" ]; then echo "interop-ntopng: no ntopng binary in $(NTOPNG) (README, Feeding ntopng)" >&2; exit 2; fi
+	$(SUDO) $(PY) bench/ntopng_interop.py --ntopng "$(NTOPNG)"
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis bench/out bench/results

@@ -1,5 +1,6 @@
 """Records encoded per second per core, per format (C encoder + Python
-message framing, no transport). Prints one line per format.
+message framing, no transport). Prints one line per format; ``ntopng-tlv``
+is the ZeroMQ feed's TLV payloads (exporters/tlv.c), 32 records a message.
 
     python3 bench/encode.py [--records N] [--repeat R] [--mtu M]
 """
@@ -16,6 +17,7 @@ from flowprobe.exporters.base import EncoderConfig  # noqa: E402
 from flowprobe.exporters.ipfix import IpfixEncoder  # noqa: E402
 from flowprobe.exporters.netflow5 import Netflow5Encoder  # noqa: E402
 from flowprobe.exporters.netflow9 import Netflow9Encoder  # noqa: E402
+from flowprobe.exporters.ntopng import NtopngEncoder  # noqa: E402
 
 T0 = 1685577600 * 10**9
 
@@ -43,6 +45,14 @@ def records(n, v6_share, seed=1):
     return arr
 
 
+class NtopngTlv(NtopngEncoder):
+    """The ntopng encoder with this bench's constructor."""
+    name = "ntopng-tlv"
+
+    def __init__(self, _cfg):
+        super().__init__(zmq_format="tlv", records_per_message=32)
+
+
 def bench(cls, arr, n, repeat, mtu):
     enc = cls(EncoderConfig(mtu=mtu))
     addr = int(ffi.cast("uintptr_t", arr))
@@ -65,9 +75,9 @@ def main():
     a = ap.parse_args()
     for v6_share in (0.0, 0.35):
         arr = records(a.records, v6_share)
-        for cls in (Netflow5Encoder, Netflow9Encoder, IpfixEncoder):
+        for cls in (Netflow5Encoder, Netflow9Encoder, IpfixEncoder, NtopngTlv):
             rate = bench(cls, arr, a.records, a.repeat, a.mtu)
-            print(f"encode {cls.name:<9} mtu={a.mtu} ipv6={v6_share:.0%}: "
+            print(f"encode {cls.name:<10} mtu={a.mtu} ipv6={v6_share:.0%}: "
                   f"{rate / 1e6:6.2f} M records/s per core")
 
 

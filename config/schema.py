@@ -73,10 +73,22 @@ SCHEMES = {
     "ipfix+file": ExportScheme("ipfix", "file", None),
     "netflow9": ExportScheme("netflow9", "udp", 2055),
     "netflow5": ExportScheme("netflow5", "udp", 2055),
+    # ntopng over ZeroMQ: flowprobe binds (ntopng -i tcp://HOST:PORT) or
+    # connects (to ntopng -i "tcp://*:PORTc"); no default port, ntopng has none
+    "zmq": ExportScheme("ntopng", "zmq", None),
+    "zmq+connect": ExportScheme("ntopng", "zmq", None),
 }
 EXPORT_SCHEMES = tuple(SCHEMES)
 #: The largest UDP payload (IPv4): the mtu limit of UDP schemes.
 MAX_UDP_PAYLOAD = 65507
+
+
+def check_optional_ipv4(value: str) -> str | None:
+    """Empty, or a dotted-quad IPv4 address."""
+    parts = value.split(".")
+    if not value or len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
+        return None
+    return f"{value!r} is not an IPv4 address"
 
 
 def check_export_url(url: str) -> str | None:
@@ -98,6 +110,8 @@ def check_export_url(url: str) -> str | None:
         if not parts.path or parts.netloc:
             return f"bad URL {url!r}: expected ipfix+file:///path/to/file"
         return None
+    if SCHEMES[scheme].transport == "zmq" and (not parts.hostname or not port):
+        return f"bad URL {url!r}: expected {scheme}://HOST:PORT"
     if not parts.hostname:
         return f"bad URL {url!r}: expected {scheme}://host[:port]"
     if parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -148,6 +162,15 @@ class ExportConfig:
     rotate_bytes: int = setting(0, min=0)
     rotate_s: float = setting(0.0, min=0)
     queue_bytes: int = setting(16 * MiB, min=64 * KiB, max=2**31)
+    # zmq:// and zmq+connect:// (ntopng) only
+    zmq_format: str = setting("tlv", choices=("tlv", "json"))
+    records_per_message: int = setting(32, min=1, max=4096)
+    compress: bool = setting(False)
+    source_id: int = setting(0, min=0, max=255)
+    hwm_messages: int = setting(10000, min=1)
+    event_interval_s: float = setting(10.0, min=0)
+    subscriber_wait_s: float = setting(2.0, min=0)
+    exporter_address: str = setting("", check=check_optional_ipv4)
 
     @property
     def scheme(self) -> str:
@@ -177,20 +200,28 @@ class ExportConfig:
 
     def for_reader(self, index: int) -> "ExportConfig":
         """This destination as live reader ``index`` exports to it: with
-        observation domain ``observation_domain + index`` (a collector sees
-        one sequence space and template set per reader) and, for a file, a
-        file of its own (per_reader_url)."""
+        observation domain ``observation_domain + index`` and source id
+        ``source_id + index`` (a collector sees one sequence space and
+        template set per reader), for a file a file of its own and for
+        ``zmq://`` a port of its own (per_reader_url)."""
         return dataclasses.replace(
             self, url=per_reader_url(self.url, index),
-            observation_domain=(self.observation_domain + index) & 0xFFFFFFFF)
+            observation_domain=(self.observation_domain + index) & 0xFFFFFFFF,
+            source_id=(self.source_id + index) & 0xFF)
 
 
 def per_reader_url(url: str, index: int) -> str:
     """A file destination for reader ``index``: readers must not share a
     file (each would rename its own over the others'), so the index goes
     before the extension: ipfix+file:///var/lib/f/flows.ipfix ->
-    .../flows.r0.ipfix. Network destinations are shared as they are."""
+    .../flows.r0.ipfix. A ``zmq://`` destination is a port flowprobe binds,
+    and only one process can bind it: reader ``index`` binds PORT + index
+    (ntopng -i tcp://HOST:PORT,tcp://HOST:PORT+1,...). Other network
+    destinations are shared as they are."""
     parts = urlsplit(url)
+    if parts.scheme.lower() == "zmq" and parts.port:
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        return f"zmq://{host}:{parts.port + index}"
     scheme = SCHEMES.get(parts.scheme.lower())
     if scheme is None or scheme.transport != "file":
         return url
@@ -237,6 +268,9 @@ def export_cross_checks(e: ExportConfig) -> list[tuple[str, str]]:
     """Constraints between an export item's fields: (key, message)."""
     if e.transport == "udp" and e.mtu > MAX_UDP_PAYLOAD:
         return [("mtu", f"{e.mtu}: a UDP payload is at most {MAX_UDP_PAYLOAD} bytes")]
+    if e.transport == "zmq" and e.compress and e.zmq_format != "json":
+        return [("compress", "true with zmq_format tlv: ntopng decompresses "
+                 "only JSON payloads (set zmq_format: json, or compress: false)")]
     return []
 
 

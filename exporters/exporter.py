@@ -26,6 +26,7 @@ from flowprobe.exporters.base import EncodeError, EncoderConfig
 from flowprobe.exporters.ipfix import IpfixEncoder
 from flowprobe.exporters.netflow5 import Netflow5Encoder
 from flowprobe.exporters.netflow9 import Netflow9Encoder
+from flowprobe.exporters.ntopng import NtopngEncoder, ZmqTransport
 from flowprobe.exporters.transports import RateLimitedLog
 from flowprobe.exporters.transports.file import FileTransport
 from flowprobe.exporters.transports.tcp import TcpTransport
@@ -33,7 +34,8 @@ from flowprobe.exporters.transports.udp import UdpTransport
 
 # The two explicit registries: names (ExportConfig.format / .transport) -> classes.
 ENCODERS = {"netflow5": Netflow5Encoder, "netflow9": Netflow9Encoder, "ipfix": IpfixEncoder}
-TRANSPORTS = {"udp": UdpTransport, "tcp": TcpTransport, "file": FileTransport}
+TRANSPORTS = {"udp": UdpTransport, "tcp": TcpTransport, "file": FileTransport,
+              "zmq": ZmqTransport}
 
 #: Export configuration problems are configuration errors (exit 2).
 ExportConfigError = ConfigError
@@ -129,17 +131,22 @@ class Exporter:
         s = self.transport.stats()
         if self.extra_not_sent is not None:      # the pipeline's queue drops
             s["records_not_sent"] += self.extra_not_sent()
-        s["ignored_packets"] = self._ignored_packets()
+        engine = self._engine()
+        s["ignored_packets"] = self._ignored_packets(engine)
+        s["engine"] = engine        # ntopng's event message shows the totals
         return s
 
-    def _ignored_packets(self) -> int:
+    def _engine(self) -> dict:
         if self.engine_stats is None:
-            return 0
+            return {}
         try:
-            st = self.engine_stats() or {}
+            return self.engine_stats() or {}
         except Exception as e:  # engine stats must never stop the export
             self.log.warning("engine_stats_failed", error=str(e))
-            return 0
+            return {}
+
+    def _ignored_packets(self, st: dict | None = None) -> int:
+        st = self._engine() if st is None else st
         if "ignored_packets" in st:
             return int(st["ignored_packets"])
         skipped = st.get("skipped", 0)
@@ -288,16 +295,18 @@ class ExporterSet:
 # -- construction ------------------------------------------------------------
 def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 1,
                    sampling_mode: str = "deterministic", engine_stats=None,
-                   rate_share: int = 1) -> Exporter:
+                   probe: dict | None = None, readers: int = 1) -> Exporter:
     """One exporter from its typed config (a URL or a mapping goes through
     the schema first, config.export_config). Every setting comes from the
     ExportConfig; ``sampling_*``: the capture's packet sampling, reported in
-    the options records; ``rate_share``: how many exporters (one per live
-    reader) share the destination's ``rate_msgs_s``, the probe's total rate
-    to it, so that together they never exceed it. ConfigError if the
-    destination is unusable."""
+    the options records; ``probe``: what ntopng's event message says of the
+    probe (iface, idle_timeout_s, active_timeout_s); ``readers``: how many
+    processes share each destination's ``rate_msgs_s`` (each paces at its
+    share). ConfigError if the destination is unusable."""
     ec = export_config(item)
     enc_name, tr_name = ec.format, ec.transport
+    if tr_name == "zmq":
+        return build_ntopng_exporter(ec, engine_stats=engine_stats, probe=probe)
     cfg = EncoderConfig(
         mtu=ec.mtu,
         domain_id=ec.observation_domain,
@@ -311,7 +320,7 @@ def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 
         raise ConfigError([f"export {ec.url}: {e}"]) from None
     if tr_name == "udp":
         transport = UdpTransport(ec.host, ec.port,
-                                 rate_msgs_s=ec.rate_msgs_s / max(1, rate_share))
+                                 rate_msgs_s=ec.rate_msgs_s / max(1, readers))
         policy = TemplatePolicy(every_messages=ec.template_refresh_messages,
                                 every_s=ec.template_refresh_s,
                                 options_every_s=ec.options_interval_s)
@@ -325,13 +334,14 @@ def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 
         policy = TemplatePolicy(options_every_s=ec.options_interval_s)
     name = f"{enc_name}+{transport.describe()}"
     exporter = Exporter(name, encoder, transport, policy, engine_stats)
-    exporter.queue_bytes = ec.queue_bytes    # the pipeline's queue under `run`
+    exporter.queue_bytes = ec.queue_bytes
     return exporter
 
 
 def build_exporters(items: Iterable[ExportConfig | str | dict], *, sampling_interval: int = 1,
                     sampling_mode: str = "deterministic", engine_stats=None,
-                    rate_share: int = 1, open_now: bool = True) -> ExporterSet:
+                    open_now: bool = True, probe: dict | None = None,
+                    readers: int = 1) -> ExporterSet:
     """Build (and open) every exporter: the one way `replay` and `run`'s
     readers make theirs. Config errors are collected and raised together
     (ConfigError, each message naming its item), before anything is opened."""
@@ -341,8 +351,8 @@ def build_exporters(items: Iterable[ExportConfig | str | dict], *, sampling_inte
             built.append(build_exporter(export_config(item, f"export[{i}]"),
                                         sampling_interval=sampling_interval,
                                         sampling_mode=sampling_mode,
-                                        engine_stats=engine_stats,
-                                        rate_share=rate_share))
+                                        engine_stats=engine_stats, probe=probe,
+                                        readers=readers))
         except ConfigError as e:
             errors.extend(e.messages)
     if errors:
@@ -353,17 +363,54 @@ def build_exporters(items: Iterable[ExportConfig | str | dict], *, sampling_inte
     return s
 
 
-def exporters_for(cfg, export_urls: Iterable[str] = (), reader: int | None = None,
-                  readers: int = 1, open_now: bool = True) -> ExporterSet | None:
+def exporters_for(cfg, export_urls: Iterable[str] = (), reader: int | None = None, *,
+                  open_now: bool = True, readers: int = 1) -> ExporterSet | None:
     """The exporters of a whole run, or None without destinations: `replay`
     (``reader`` None: no packet sampling) and `run`'s reader ``reader`` (its
     own observation domain and file, the capture's sampling) both come here.
-    ``cfg`` is the whole Config; ``export_urls`` the `--export` URLs;
-    ``readers``: how many readers share each destination's pacing."""
+    ``cfg`` is the whole Config; ``export_urls`` the `--export` URLs.
+    ``rate_msgs_s`` is the probe's rate to a destination: each of ``readers``
+    paces at its share, so that together they never exceed it."""
     items = export_items(cfg, list(export_urls), reader)
     if not items:
         return None
     sampling = ({} if reader is None else
                 {"sampling_interval": cfg.capture.sampling_rate,
                  "sampling_mode": cfg.capture.sampling_mode})
-    return build_exporters(items, open_now=open_now, rate_share=readers, **sampling)
+    probe = {"iface": cfg.capture.interface or ("replay" if reader is None else ""),
+             "idle_timeout_s": cfg.flow.idle_timeout_s,
+             "active_timeout_s": cfg.flow.active_timeout_s}
+    return build_exporters(items, open_now=open_now, probe=probe, readers=readers, **sampling)
+
+
+def build_ntopng_exporter(ec: ExportConfig, *, engine_stats=None,
+                          probe: dict | None = None) -> Exporter:
+    """ntopng over ZeroMQ (zmq:// binds, zmq+connect:// connects): flow
+    payloads as TLV or JSON, and the periodic ``event`` message where the
+    other formats send options records (every ``event_interval_s``)."""
+    probe = probe or {}
+    encoder = NtopngEncoder(zmq_format=ec.zmq_format,
+                            records_per_message=ec.records_per_message,
+                            compress=ec.compress, probe_ip=_probe_ip(ec),
+                            iface=str(probe.get("iface", "")),
+                            idle_timeout_s=probe.get("idle_timeout_s", 0),
+                            active_timeout_s=probe.get("active_timeout_s", 0),
+                            exporter_address=ec.exporter_address or None)
+    transport = ZmqTransport(ec.url, version=encoder.version, source_id=ec.source_id,
+                             hwm_messages=ec.hwm_messages,
+                             subscriber_wait_s=ec.subscriber_wait_s,
+                             close_timeout_s=ec.close_timeout_s)
+    policy = TemplatePolicy(options_every_s=ec.event_interval_s)
+    exporter = Exporter(f"ntopng-{ec.zmq_format}+{transport.describe()}", encoder,
+                        transport, policy, engine_stats)
+    exporter.queue_bytes = ec.queue_bytes
+    return exporter
+
+
+def _probe_ip(ec: ExportConfig) -> str:
+    """The probe's address in event messages: the address ntopng reaches
+    it at when flowprobe binds one, else unknown."""
+    host = ec.host or ""
+    if ec.scheme == "zmq" and host and all(c.isdigit() or c == "." for c in host):
+        return host
+    return "0.0.0.0"

@@ -27,20 +27,25 @@ counted with that reason; sending never blocks.
 from __future__ import annotations
 
 import json
+import platform
 import struct
+import time
 import zlib
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import zmq
 
+from flowprobe import __version__
 from flowprobe.exporters._encode import ffi, lib
+from flowprobe.exporters.base import PacketClock
+from flowprobe.exporters.transports import Transport
 
 #: ntop's zmq_msg_hdr_v1 (ntopng include/ntop_typedefs.h): topic, version,
 #: source id, size (host order, informative), message id (network order).
 HEADER = struct.Struct("=16sBBH4s")
 VERSION_JSON, VERSION_TLV = 2, 3
 PAYLOAD_CAP = 1 << 16          # bytes per flow message, well under ntopng's buffer
+OPEN_RETRY_S = 1.0             # a failed bind/connect is retried this often
 
 # nProbe / NetFlow v9 element ids (ntopng include/flow_fields... and RFC 3954)
 IN_BYTES, IN_PKTS, PROTOCOL, SRC_TOS, TCP_FLAGS = 1, 2, 4, 5, 6
@@ -166,40 +171,139 @@ class JsonEncoder(TlvEncoder):
         return out
 
 
-@dataclass
-class ZmqCounters:
-    messages: int = 0
-    records_exported: int = 0
-    records_not_sent: dict[str, int] = field(default_factory=lambda: {NO_SUBSCRIBER: 0,
-                                                                      HWM_FULL: 0})
-    events: int = 0
+class EventMessage(bytes):
+    """A JSON ``event`` payload: the transport sends it under topic
+    ``event`` (version 2, JSON), whatever the flow format."""
 
 
-class ZmqTransport:
+class NtopngEncoder:
+    """What the Exporter needs of an encoder (exporters/exporter.py), for
+    ntopng: flow payloads (TLV or JSON) and, in place of IPFIX options,
+    the periodic ``event`` message. There are no templates."""
+
+    name = "ntopng"
+    sampling_rate_tmpl = None
+
+    def __init__(self, *, zmq_format: str = "tlv", records_per_message: int = 32,
+                 compress: bool = False, probe_ip: str = "0.0.0.0", iface: str = "",
+                 idle_timeout_s: float = 0, active_timeout_s: float = 0,
+                 exporter_address: str | None = None):
+        if zmq_format == "json":
+            self.payloads: TlvEncoder = JsonEncoder(records_per_message, exporter_address,
+                                                    compress=compress)
+            self.version = VERSION_JSON
+        else:
+            self.payloads = TlvEncoder(records_per_message, exporter_address)
+            self.version = VERSION_TLV
+        self.clock = PacketClock(0)
+        self.records_encoded = 0
+        self.records_not_exportable = 0
+        self.records_clamped = 0
+        self.events = 0
+        self._probe = dict(probe_ip=probe_ip, iface=iface, idle_timeout_s=idle_timeout_s,
+                           active_timeout_s=active_timeout_s)
+
+    def encode(self, records, n: int) -> list[tuple[bytes, int]]:
+        out = self.payloads.encode(records, n)
+        self.records_encoded += n
+        return out
+
+    def template_message(self) -> None:
+        return None
+
+    def options_message(self, stats: dict) -> EventMessage:
+        """The ``event`` message: the engine's totals (``stats["engine"]``,
+        the flow table's counters) and what this exporter could not send."""
+        engine = stats.get("engine") or {}
+        self.events += 1
+        return EventMessage(event(
+            now_s=int(time.time()), version=__version__,
+            packets=int(engine.get("packets_accepted", 0)),
+            octets=int(engine.get("octets_accepted", 0)),
+            drops=int(stats.get("ignored_packets", 0)),
+            not_sent=int(stats.get("records_not_sent", 0)), **self._probe))
+
+
+class ZmqTransport(Transport):
     """An XPUB socket that binds (``zmq://HOST:PORT``: ntopng connects with
     ``-i tcp://HOST:PORT``) or connects (``zmq+connect://HOST:PORT``: to an
-    ntopng that listens with ``-i "tcp://*:PORTc"``). Never blocks."""
+    ntopng that listens with ``-i "tcp://*:PORTc"``). Never blocks: a
+    message nobody subscribed to is counted ``no_subscriber``, one over the
+    high-water mark ``hwm_full``.
 
-    def __init__(self, url: str, *, source_id: int = 0, hwm_messages: int = 1000,
-                 context: zmq.Context | None = None):
+    The socket is made in open(), in the thread that sends (the pipeline's
+    sender thread under ``run``), never before a fork. open() waits up to
+    ``subscriber_wait_s`` for ntopng's subscription, so that the first
+    records of a replay are not counted ``no_subscriber`` while ntopng is
+    still (re)connecting; close() gives ZeroMQ ``close_timeout_s`` to hand
+    over what it still holds."""
+
+    name = "zmq"
+
+    def __init__(self, url: str, *, version: int = VERSION_TLV, source_id: int = 0,
+                 hwm_messages: int = 10000, subscriber_wait_s: float = 0.0,
+                 close_timeout_s: float = 5.0):
         parts = urlsplit(url)
         if parts.scheme not in ("zmq", "zmq+connect") or not parts.hostname or not parts.port:
             raise ValueError(f"{url!r}: expected zmq://HOST:PORT or zmq+connect://HOST:PORT")
-        self.endpoint = f"tcp://{parts.hostname}:{parts.port}"
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        self.url = f"{parts.scheme}://{host}:{parts.port}"
+        self.endpoint = f"tcp://{host}:{parts.port}"
         self.connect = parts.scheme == "zmq+connect"
+        super().__init__()
+        self.version = version
         self.source_id = source_id
-        self.counters = ZmqCounters()
+        self.hwm_messages = hwm_messages
+        self.subscriber_wait_s = subscriber_wait_s
+        self.close_timeout_s = close_timeout_s
+        self.events_sent = 0
+        self.events_not_sent = 0
+        self.sock = None
+        self._closed = False
+        self._retry_at = 0.0
         self._ids: dict[str, int] = {}
         self._topics: set[bytes] = set()   # subscription prefixes now held
-        self._ctx = context or zmq.Context.instance()
-        self.sock = self._ctx.socket(zmq.XPUB)
-        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
-        self.sock.setsockopt(zmq.SNDHWM, hwm_messages)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        (self.sock.connect if self.connect else self.sock.bind)(self.endpoint)
+
+    def describe(self) -> str:
+        return self.url
+
+    def open(self) -> None:
+        if self._open_socket():
+            deadline = time.monotonic() + self.subscriber_wait_s
+            while not self.subscribed("flow") and time.monotonic() < deadline:
+                self.sock.poll(50, zmq.POLLIN)
+
+    def _open_socket(self) -> bool:
+        """Bind or connect; on failure (a port still held, e.g. by the
+        exporter a reload just replaced, whose socket lingers) count it, log
+        it and try again at the next send or poll a second later."""
+        self._retry_at = time.monotonic() + OPEN_RETRY_S
+        sock = zmq.Context.instance().socket(zmq.XPUB)
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
+        sock.setsockopt(zmq.SNDHWM, self.hwm_messages)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.ipv6_endpoint():
+            sock.setsockopt(zmq.IPV6, 1)
+        try:
+            (sock.connect if self.connect else sock.bind)(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self.send_errors += 1
+            self.log.warning("zmq_open_failed", endpoint=self.endpoint, error=str(exc))
+            return False
+        self.sock = sock
+        self.streams_started += 1
+        return True
+
+    def _reopen_due(self) -> bool:
+        return (self.sock is None and not self._closed
+                and time.monotonic() >= self._retry_at and self._open_socket())
+
+    def ipv6_endpoint(self) -> bool:
+        return "[" in self.endpoint
 
     def _poll_subscriptions(self) -> None:
-        while True:
+        while self.sock is not None:
             try:
                 msg = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -215,44 +319,69 @@ class ZmqTransport:
         head = topic.encode("ascii")
         return any(head.startswith(p) for p in self._topics)
 
-    def send(self, topic: str, version: int, payload: bytes) -> bool:
-        """One message; False (and nothing sent) without a subscriber or
-        when the high-water mark is reached."""
+    def _send(self, topic: str, version: int, payload: bytes) -> str | None:
+        """One message; None when sent, else why not (nothing was sent)."""
+        if self.sock is None and not self._reopen_due():
+            return "send_error"
         if not self.subscribed(topic):
-            return False
+            return NO_SUBSCRIBER
         msg_id = self._ids.get(topic, 0) + 1
         try:
             self.sock.send_multipart(
                 [header(topic, version, self.source_id, len(payload), msg_id), payload],
                 zmq.NOBLOCK)
         except zmq.Again:
-            return False
+            return HWM_FULL
+        except zmq.ZMQError as exc:
+            self.send_errors += 1
+            self.log.warning("zmq_send_failed", endpoint=self.endpoint, error=str(exc))
+            return "send_error"
         self._ids[topic] = msg_id
-        return True
+        return None
 
-    def send_flows(self, version: int, payloads: list[tuple[bytes, int]]) -> None:
-        """Flow payloads; every record is counted exported or not sent."""
-        c = self.counters
-        for payload, count in payloads:
-            if self.send("flow", version, payload):
-                c.messages += 1
-                c.records_exported += count
+    def send(self, message: bytes, nrecords: int) -> None:
+        """A flow payload (``nrecords`` records) or an EventMessage."""
+        if isinstance(message, EventMessage):
+            if self._send("event", VERSION_JSON, message) is None:
+                self.events_sent += 1
             else:
-                reason = HWM_FULL if self.subscribed("flow") else NO_SUBSCRIBER
-                c.records_not_sent[reason] += count
+                self.events_not_sent += 1
+            return
+        reason = self._send("flow", self.version, message)
+        if reason is not None:
+            self.not_sent(nrecords, reason)
+            return
+        self.messages_sent += 1
+        self.bytes_sent += len(message)
+        self.records_sent += nrecords
+
+    def poll(self) -> None:
+        if self.sock is None:
+            self._reopen_due()
+        self._poll_subscriptions()
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self._closed = True
+        if self.sock is not None:
+            self.sock.close(linger=int(self.close_timeout_s * 1000))
+            self.sock = None
+
+    def stats(self) -> dict:
+        return {**super().stats(), "events_sent": self.events_sent,
+                "events_not_sent": self.events_not_sent}
 
 
 def event(*, now_s: int, probe_ip: str, version: str, iface: str, packets: int,
           octets: int, drops: int, idle_timeout_s: float, active_timeout_s: float,
-          speed_mbps: int = 0) -> bytes:
-    """The JSON of an ``event`` message: what ntopng shows of a probe."""
+          not_sent: int = 0, speed_mbps: int = 0) -> bytes:
+    """The JSON of an ``event`` message: what ntopng shows of a probe
+    (nProbe's field names: ntopng reads ``probe``, ``iface``, ``timeout``
+    and the totals)."""
     return json.dumps({
         "time": now_s, "bytes": octets, "packets": packets,
         "iface": {"name": iface, "speed": speed_mbps},
-        "probe": {"ip": probe_ip, "version": f"flowprobe {version}"},
+        "probe": {"ip": probe_ip, "version": f"flowprobe {version}",
+                  "osname": platform.system()},
         "timeout": {"lifetime": int(active_timeout_s), "idle": int(idle_timeout_s)},
-        "drops": {"export_queue_full": 0, "flow_collection_drops": drops},
+        "drops": {"export_queue_full": not_sent, "flow_collection_drops": drops},
     }, separators=(",", ":")).encode()

@@ -50,7 +50,7 @@ def build_exporter_set(cfg, export_urls: list[str], index: int, readers: int = 1
     their queues and sender threads (an ExportPipeline: the capture loop
     never waits on export), or None without destinations; config problems
     are ConfigError (exit 2)."""
-    exporters = exporters_for(cfg, export_urls, index, readers)
+    exporters = exporters_for(cfg, export_urls, index, readers=readers)
     return ExportPipeline(exporters) if exporters is not None else None
 
 

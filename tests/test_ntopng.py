@@ -177,23 +177,29 @@ def wait_for(pred, timeout=5.0):
     return False
 
 
+def send_flows(tx, payloads):
+    for payload, count in payloads:
+        tx.send(payload, count)
+
+
 def test_transport_accounts_for_every_record():
     """Without a subscriber messages are not sent (no_subscriber); with
     one, every message arrives as header + payload with consecutive ids;
     exported + not sent = records handed over."""
     port = free_port()
     tx = ntopng.ZmqTransport(f"zmq://127.0.0.1:{port}", source_id=7)
+    tx.open()
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     try:
         specs = random_specs(200, seed=1)
         payloads = ntopng.TlvEncoder(records_per_message=20).encode(make_records(specs), 200)
-        tx.send_flows(ntopng.VERSION_TLV, payloads[:3])
-        assert tx.counters.records_not_sent[ntopng.NO_SUBSCRIBER] == 60
+        send_flows(tx, payloads[:3])
+        assert tx.records_not_sent_by == {ntopng.NO_SUBSCRIBER: 60}
         sub.connect(f"tcp://127.0.0.1:{port}")
         sub.setsockopt(zmq.SUBSCRIBE, b"flow")
         assert wait_for(lambda: tx.subscribed("flow"))
-        tx.send_flows(ntopng.VERSION_TLV, payloads[3:])
+        send_flows(tx, payloads[3:])
         got = []
         while len(got) < len(payloads) - 3 and sub.poll(2000):
             got.append(sub.recv_multipart())
@@ -202,9 +208,9 @@ def test_transport_accounts_for_every_record():
         assert ids == list(range(1, len(got) + 1))
         assert all(h[:4] == b"flow" and h[16] == 3 and h[17] == 7 for h, _ in got)
         assert [p for _, p in got] == [p for p, _ in payloads[3:]]
-        c = tx.counters
-        assert c.records_exported == 140
-        assert c.records_exported + sum(c.records_not_sent.values()) == 200
+        st = tx.stats()
+        assert st["records_exported"] == 140 and st["messages"] == len(payloads) - 3
+        assert st["records_exported"] + st["records_not_sent"] == 200
     finally:
         sub.close(linger=0)
         tx.close()
@@ -214,7 +220,8 @@ def test_transport_counts_high_water_mark_drops():
     """A subscriber that reads nothing: once the high-water mark is
     reached, sends fail at once (counted hwm_full), never block."""
     port = free_port()
-    tx = ntopng.ZmqTransport(f"zmq://127.0.0.1:{port}", hwm_messages=1)
+    tx = ntopng.ZmqTransport(f"zmq://127.0.0.1:{port}", hwm_messages=1, close_timeout_s=0)
+    tx.open()
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 1)
     sub.setsockopt(zmq.RCVBUF, 4096)
@@ -222,13 +229,12 @@ def test_transport_counts_high_water_mark_drops():
         sub.connect(f"tcp://127.0.0.1:{port}")
         sub.setsockopt(zmq.SUBSCRIBE, b"flow")
         assert wait_for(lambda: tx.subscribed("flow"))
-        big = [(bytes(60000), 1)] * 400
         start = time.monotonic()
-        tx.send_flows(ntopng.VERSION_TLV, big)
+        send_flows(tx, [(bytes(60000), 1)] * 400)
         assert time.monotonic() - start < 10
-        c = tx.counters
-        assert c.records_not_sent[ntopng.HWM_FULL] > 0
-        assert c.records_exported + c.records_not_sent[ntopng.HWM_FULL] == 400
+        st = tx.stats()
+        assert st["records_not_sent_by"][ntopng.HWM_FULL] > 0
+        assert st["records_exported"] + st["records_not_sent_by"][ntopng.HWM_FULL] == 400
     finally:
         sub.close(linger=0)
         tx.close()
@@ -239,3 +245,31 @@ def test_transport_counts_high_water_mark_drops():
 def test_bad_url_is_refused(url):
     with pytest.raises(ValueError, match="zmq://HOST:PORT"):
         ntopng.ZmqTransport(url)
+
+
+def test_port_held_is_counted_then_retried(monkeypatch):
+    """A port another socket still holds (the exporter a reload replaced):
+    the records are counted send_error, nothing raises, and the bind is
+    retried, so that once the port is free the messages flow."""
+    monkeypatch.setattr(ntopng, "OPEN_RETRY_S", 0.0)
+    port = free_port()
+    holder = zmq.Context.instance().socket(zmq.XPUB)
+    holder.bind(f"tcp://127.0.0.1:{port}")
+    tx = ntopng.ZmqTransport(f"zmq://127.0.0.1:{port}")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        tx.open()
+        assert tx.sock is None and tx.send_errors == 1
+        tx.send(b"\x01\x01", 5)
+        assert tx.records_not_sent_by == {"send_error": 5}
+        holder.close(linger=0)
+        assert wait_for(lambda: (tx.poll(), tx.sock is not None)[1])
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        sub.setsockopt(zmq.SUBSCRIBE, b"flow")
+        assert wait_for(lambda: tx.subscribed("flow"))
+        tx.send(b"\x01\x01", 3)
+        assert tx.records_sent == 3 and sub.poll(2000)
+    finally:
+        sub.close(linger=0)
+        holder.close(linger=0)
+        tx.close()

@@ -47,6 +47,8 @@ NOT_SENT_REASONS = (
     "file_error",          # file: cannot create or write (permissions, I/O)
     "encoder_error",       # the encoder failed on the batch
     "exporter_closed",     # records reached an exporter already closed
+    "no_subscriber",       # ZeroMQ: no ntopng subscribed when the message was due
+    "hwm_full",            # ZeroMQ: the socket's high-water mark was reached
 )
 
 
