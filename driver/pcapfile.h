@@ -38,9 +38,16 @@
  *     next pf_next_batch() or pf_close(). The mmap reader unmaps windows
  *     that earlier batches pointed into at the start of the next call.
  *   - The mmap reader sees the file as it was at pf_open() (a file still
- *     being written ends at its size then). Like any mmap reader it gets
- *     SIGBUS if another process truncates the file while it is mapped:
- *     read capture files that are still being rotated with force_libpcap.
+ *     being written ends at its size then). A file that SHRINKS while it
+ *     is read (another process truncates it) does not kill the process:
+ *     the reader checks the size (fstat) before each batch and window, and
+ *     a SIGBUS handler (installed at the first mmap open, chained to the
+ *     one before it) maps a zero page over a faulting page of the reader's
+ *     own mappings and flags the reader. Every record before the cut is
+ *     delivered, then -ESTALE. Packets of the batch in flight at the cut
+ *     (already handed out, read by the caller afterwards) may read as
+ *     zeros where their bytes were cut off. Any other SIGBUS goes to the
+ *     previous handler (default: the process dies).
  *
  * Byte order and fields
  *   - All integers handed out are in host byte order (file byte order is
@@ -67,6 +74,8 @@
  *     file. A corrupt or truncated record ends the batch: the packets before
  *     it are returned first, the next call returns -EBADMSG (and keeps
  *     returning it); truncated_records counts it. pf_errmsg() says why.
+ *     -ESTALE likewise when the file shrank while being read (mmap reader;
+ *     counted in truncated_records too).
  *   - Nothing prints, nothing exits.
  */
 
@@ -110,3 +119,7 @@ long pf_next_batch(struct pf_reader *r, void *pkts, size_t cap);
 void pf_stats(const struct pf_reader *r, struct pf_stats *out);
 /* The last error's text ("" if none); valid until pf_close(). */
 const char *pf_errmsg(const struct pf_reader *r);
+
+/* Tests only: the mmap reader no longer checks the file's size, as if
+ * every cut came right after a check (the SIGBUS path, deterministic). */
+void pf_test_skip_fstat(struct pf_reader *r);

@@ -73,6 +73,8 @@ def _add_replay(sub: Any) -> None:
         "IPv6 records, which the format cannot carry, do not count); "
         f"{int(ExitCode.CONFIG)} bad configuration or command line; "
         f"{int(ExitCode.INPUT)} an input file cannot be read; "
+        f"{int(ExitCode.INPUT_TRUNCATED)} an input file shrank while being read "
+        "(the flows before the cut are exported; 6 takes precedence); "
         f"{int(ExitCode.FAILURE)} any other failure.")
     p.add_argument("files", metavar="FILE", nargs="+", help="pcap or pcapng capture")
     _add_config_option(p)

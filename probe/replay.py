@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from flowprobe.driver.pcapfile import CaptureFileError, open_capture
+from flowprobe.driver.pcapfile import CaptureFileError, CaptureShrunkError, open_capture
 from flowprobe.errors import ExitCode
 from flowprobe.logs import get_logger
 from flowprobe.probe.flowtable.table import END_REASONS, FlowTable
@@ -52,12 +52,14 @@ def replay_files(files: list[str], table: FlowTable, batch_packets: int,
     """Feed every file through the table in batches; returns reader totals.
 
     Raises CaptureFileError for a file that cannot be opened; a corrupt
-    record ends that file (counted) and replay goes on with the next.
+    record, or the file shrinking while it is read, ends that file
+    (counted; ``shrunk_files`` for the latter) and replay goes on with the
+    next.
     """
     log = get_logger()
     batch = table.packet_batch(batch_packets)
     totals = {"files": 0, "packets_read": 0, "bytes_read": 0, "truncated_files": 0,
-              "unsupported_linktypes": {}}
+              "shrunk_files": 0, "unsupported_linktypes": {}}
     read_bytes = 0
     for path in files:
         with open_capture(path) as cap:
@@ -80,7 +82,10 @@ def replay_files(files: list[str], table: FlowTable, batch_packets: int,
                                         totals["packets_read"] + cap.stats()["packets"])
             except CaptureFileError as exc:
                 totals["truncated_files"] += 1
-                log.warning("capture_truncated", file=path, reason=str(exc))
+                shrunk = isinstance(exc, CaptureShrunkError)
+                totals["shrunk_files"] += shrunk
+                log.warning("capture_truncated", file=path, reason=exc.reason,
+                            shrunk=shrunk, packets_read=cap.stats()["packets"])
             st = cap.stats()
             totals["files"] += 1
             totals["packets_read"] += st["packets"]
@@ -99,6 +104,9 @@ def format_summary(totals: dict, stats: dict, seconds: float) -> str:
     for reason, count in stats["skipped"].items():
         if count:
             lines.append(f"  skipped {reason:<18}{count:>10,}")
+    if totals["truncated_files"]:
+        lines.append(f"  truncated files {totals['truncated_files']:>16,}"
+                     f"  (shrank while read: {totals['shrunk_files']:,})")
     for lt, path in totals["unsupported_linktypes"].items():
         lines.append(f"  unsupported link type {lt} (first in {path})")
     if stats["l4_partial"]:
@@ -188,6 +196,10 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
                   not_exported={k: v for k, v in missing.items() if v},
                   exit_code=int(ExitCode.EXPORT_INCOMPLETE))
         return ExitCode.EXPORT_INCOMPLETE
+    if totals["shrunk_files"]:
+        log.error("input_truncated", files=totals["shrunk_files"],
+                  exit_code=int(ExitCode.INPUT_TRUNCATED))
+        return ExitCode.INPUT_TRUNCATED
     return ExitCode.OK
 
 
