@@ -24,6 +24,10 @@
  *     (Kuznetzov records, byte-swapped pseudo-headers, huge-snaplen link
  *     types), and force_libpcap. Each packet is copied into an arena the
  *     reader owns.
+ *   Streams: the path "-" is stdin; it, a FIFO and any other non-regular
+ *   file are read once, in order, by libpcap. pf_open() decides with one
+ *   stat() of the path and opens it once (opening a FIFO twice would use up
+ *   its writer on the first open and wait for ever on the second).
  *   Both readers deliver identical batches for a classic pcap file,
  *   following libpcap's rules: version 2.0-2.2 (and 543.0) records have
  *   caplen/len swapped, 2.3 maybe; a header snaplen of 0 or above 262144

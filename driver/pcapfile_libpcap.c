@@ -6,9 +6,11 @@
  * of this file: <pcap/pcap.h> and <linux/bpf.h> both define struct bpf_insn.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pcapfile_internal.h"
 
@@ -27,10 +29,30 @@ static int dlt_to_linktype(int dlt)
     }
 }
 
+/* "-" is stdin: a duplicate of fd 0, so that pf_close() leaves it open. */
+static FILE *lp_fopen(const char *path)
+{
+    int fd;
+    FILE *fp;
+
+    if (strcmp(path, "-") != 0)
+        return fopen(path, "rbe");
+    fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
+    if (fd < 0)
+        return NULL;
+    fp = fdopen(fd, "rb");
+    if (fp == NULL) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return fp;
+}
+
 int pf_lp_open(struct pf_reader *r, const char *path, char *errbuf)
 {
     char pbuf[PCAP_ERRBUF_SIZE];
-    FILE *fp = fopen(path, "rbe");
+    FILE *fp = lp_fopen(path);
 
     if (fp == NULL) {
         int e = errno;

@@ -46,6 +46,18 @@ class Progress:
             self._stream.flush()
 
 
+def _is_stream(path: str) -> bool:
+    """``-`` (stdin) or a FIFO: read once, its size unknown."""
+    return path == "-" or not os.path.isfile(path)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def replay_files(files: list[str], table: FlowTable, batch_packets: int,
                  on_batch: Callable[[], None] | None = None,
                  progress: Progress | None = None) -> dict:
@@ -90,7 +102,7 @@ def replay_files(files: list[str], table: FlowTable, batch_packets: int,
             totals["files"] += 1
             totals["packets_read"] += st["packets"]
             totals["bytes_read"] += st["cap_bytes"]
-            read_bytes += os.path.getsize(path) if os.path.exists(path) else 0
+            read_bytes += st["cap_bytes"] if _is_stream(path) else _size(path)
     return totals
 
 
@@ -161,7 +173,7 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
         e.attach(table)
 
     started = time.perf_counter()
-    total_size = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    total_size = sum(_size(f) for f in files if not _is_stream(f))
     progress = Progress(total_size)
     try:
         totals = replay_files(files, table, cfg.replay.batch_packets,
