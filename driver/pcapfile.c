@@ -73,7 +73,7 @@ void pf_close(struct pf_reader *r)
     free(r);
 }
 
-int pf_linktype(const struct pf_reader *r) { return r->linktype; }
+uint32_t pf_linktype(const struct pf_reader *r) { return r->linktype; }
 int pf_snaplen(const struct pf_reader *r) { return r->snaplen; }
 int pf_is_mmap(const struct pf_reader *r) { return r->is_mmap; }
 uint64_t pf_windows(const struct pf_reader *r) { return r->windows; }

@@ -61,7 +61,13 @@
  *     carry no stripped tags; pcapng interface ids are not exposed by libpcap).
  *
  * Link type
- *   - pf_linktype() is a LINKTYPE_* value, fixed for the whole file. The
+ *   - pf_linktype() is a LINKTYPE_* value, fixed for the whole file, as
+ *     32 bits: a classic header's 16-bit link type when its upper 16 bits
+ *     are zero or a well-formed FCS annotation (LT_RESERVED1 bits, mask
+ *     0x03ff0000, clear; the annotation is dropped), else the header's
+ *     whole 32-bit field (0xdeadbeef, not 0xbeef: an unknown link type is
+ *     reported as it is written). pcapng's IDB link type is a 16-bit field,
+ *     reported whole. The
  *     libpcap reader maps the DLTs that differ back (DLT_RAW 12 -> 101,
  *     DLT_ATM_RFC1483 11 -> 100, ...), so both readers report the file's
  *     value. libpcap 1.10 refuses a pcapng file whose interfaces have
@@ -108,7 +114,7 @@ struct pf_reader *pf_open(const char *path, int force_libpcap, char *errbuf,
                           int *err);
 void pf_close(struct pf_reader *r);
 
-int pf_linktype(const struct pf_reader *r);
+uint32_t pf_linktype(const struct pf_reader *r);
 int pf_snaplen(const struct pf_reader *r);       /* effective snaplen */
 int pf_is_mmap(const struct pf_reader *r);
 /* Windows the mmap reader has mapped so far (1 after pf_open, 0 for the

@@ -20,13 +20,14 @@
 #include "ft_records.h"
 #include "pcapfile.h"
 
+#define PF_LT_RESERVED1 0x03ff0000u /* libpcap's LT_RESERVED1: must be 0 */
 #define PF_HELD 16                 /* windows left behind within one batch */
 
 enum { SWAP_NO = 0, SWAP_YES = 1, SWAP_MAYBE = 2 }; /* caplen/len order */
 
 struct pf_reader {
     int is_mmap;
-    int linktype;
+    uint32_t linktype;             /* see pcapfile.h, "Link type" */
     int snaplen;
     int err;                       /* sticky negative errno, 0 if none */
     struct pf_stats st;

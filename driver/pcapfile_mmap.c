@@ -234,7 +234,9 @@ static int mm_header(struct pf_reader *r)
     major = rd16(h + 4, r->byteswap);
     minor = rd16(h + 6, r->byteswap);
     snap = rd32(h + 16, r->byteswap);
-    lt = rd32(h + 20, r->byteswap) & 0xffffu;   /* drop FCS/ext bits */
+    lt = rd32(h + 20, r->byteswap);
+    if ((lt & PF_LT_RESERVED1) == 0)
+        lt &= 0xffffu;             /* drop a well-formed FCS annotation */
     if (major == 2 && minor < 3)
         r->lengths = SWAP_YES;
     else if (major == 2 && minor == 3)
@@ -247,7 +249,7 @@ static int mm_header(struct pf_reader *r)
         return 0;                  /* libpcap words the error */
     if (big_snaplen_linktype(lt) || (r->byteswap && swapped_pseudo_header(lt)))
         return 0;
-    r->linktype = (int)lt;
+    r->linktype = lt;
     r->snaplen = (snap == 0 || snap > PF_MAX_CAPLEN) ? PF_MAX_CAPLEN : (int)snap;
     r->off = PF_FILE_HDR;
     return 1;

@@ -79,7 +79,8 @@ def replay_files(files: list[str], table: FlowTable, batch_packets: int,
             if linktype not in SUPPORTED_LINKTYPES:
                 # Counted per packet by the engine; named once here.
                 totals["unsupported_linktypes"][linktype] = path
-                log.warning("linktype_unsupported", file=path, linktype=linktype)
+                log.warning("linktype_unsupported", file=path, linktype=linktype,
+                            linktype_hex=f"0x{linktype:08x}")
             try:
                 while True:
                     n = cap.read_into(batch.address, batch.cap)
@@ -120,7 +121,7 @@ def format_summary(totals: dict, stats: dict, seconds: float) -> str:
         lines.append(f"  truncated files {totals['truncated_files']:>16,}"
                      f"  (shrank while read: {totals['shrunk_files']:,})")
     for lt, path in totals["unsupported_linktypes"].items():
-        lines.append(f"  unsupported link type {lt} (first in {path})")
+        lines.append(f"  unsupported link type {lt} (0x{lt:08x}, first in {path})")
     if stats["l4_partial"]:
         lines.append(f"  accepted without transport fields {stats['l4_partial']:,}")
     lines.append(f"flows created      {stats['flows_created']:>14,}")
