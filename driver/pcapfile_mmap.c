@@ -190,9 +190,13 @@ static void mm_check_size(struct pf_reader *r)
 /* Reading stops here: the file shrank (-ESTALE, counted once). */
 static void mm_shrunk(struct pf_reader *r)
 {
+    struct stat sb;
+
     if (r->err == -ESTALE)
         return;
-    mm_check_size(r);
+    if (fstat(r->fd, &sb) == 0 && (size_t)sb.st_size < r->file_len)
+        r->file_len = (size_t)sb.st_size;
+    r->shrunk = 1;
     if (r->err != -EBADMSG)        /* a cut record is counted already */
         r->st.truncated_records++;
     snprintf(r->errmsg, PF_ERRBUF_SIZE, "the file shrank from %zu to %zu "
