@@ -24,6 +24,8 @@ class ExitCode(enum.IntEnum):
     EXPORT_INCOMPLETE = 6  # replay: an exporter did not export every record
     INTERFACE_GONE = 7   # a reader's capture interface was deleted (its flows exported);
                          # the probe's exit code under supervisor.on_interface_gone: halt
+    INPUT_TRUNCATED = 8  # replay: an input file shrank while being read; the flows read
+                         # before the cut were exported (6 takes precedence)
     INTERRUPTED = 130    # SIGINT (128 + 2)
 
 

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #include "pcapfile_internal.h"
 
@@ -22,6 +24,18 @@ _Static_assert(offsetof(struct ft_pkt, ts_ns) == 16, "ft_pkt.ts_ns");
 _Static_assert(offsetof(struct ft_pkt, ifindex) == 24, "ft_pkt.ifindex");
 _Static_assert(offsetof(struct ft_pkt, vlan_tci) == 28, "ft_pkt.vlan_tci");
 _Static_assert(offsetof(struct ft_pkt, vlan_valid) == 30, "ft_pkt.vlan_valid");
+
+/* "-" (stdin), a FIFO, a character device, a socket: read once, as a
+ * stream, by libpcap. One stat(), no open(): opening a FIFO to look at it
+ * would use up its writer. */
+static int pf_is_stream(const char *path)
+{
+    struct stat sb;
+
+    if (strcmp(path, "-") == 0)
+        return 1;
+    return stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
+}
 
 struct pf_reader *pf_open(const char *path, int force_libpcap, char *errbuf,
                           int *err)
@@ -37,7 +51,7 @@ struct pf_reader *pf_open(const char *path, int force_libpcap, char *errbuf,
         return NULL;
     }
     r->fd = -1;
-    if (!force_libpcap)
+    if (!force_libpcap && !pf_is_stream(path))
         rc = pf_mm_open(r, path, errbuf);
     if (rc == 0)
         rc = pf_lp_open(r, path, errbuf);
@@ -59,7 +73,7 @@ void pf_close(struct pf_reader *r)
     free(r);
 }
 
-int pf_linktype(const struct pf_reader *r) { return r->linktype; }
+uint32_t pf_linktype(const struct pf_reader *r) { return r->linktype; }
 int pf_snaplen(const struct pf_reader *r) { return r->snaplen; }
 int pf_is_mmap(const struct pf_reader *r) { return r->is_mmap; }
 uint64_t pf_windows(const struct pf_reader *r) { return r->windows; }

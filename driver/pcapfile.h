@@ -24,6 +24,10 @@
  *     (Kuznetzov records, byte-swapped pseudo-headers, huge-snaplen link
  *     types), and force_libpcap. Each packet is copied into an arena the
  *     reader owns.
+ *   Streams: the path "-" is stdin; it, a FIFO and any other non-regular
+ *   file are read once, in order, by libpcap. pf_open() decides with one
+ *   stat() of the path and opens it once (opening a FIFO twice would use up
+ *   its writer on the first open and wait for ever on the second).
  *   Both readers deliver identical batches for a classic pcap file,
  *   following libpcap's rules: version 2.0-2.2 (and 543.0) records have
  *   caplen/len swapped, 2.3 maybe; a header snaplen of 0 or above 262144
@@ -38,9 +42,16 @@
  *     next pf_next_batch() or pf_close(). The mmap reader unmaps windows
  *     that earlier batches pointed into at the start of the next call.
  *   - The mmap reader sees the file as it was at pf_open() (a file still
- *     being written ends at its size then). Like any mmap reader it gets
- *     SIGBUS if another process truncates the file while it is mapped:
- *     read capture files that are still being rotated with force_libpcap.
+ *     being written ends at its size then). A file that SHRINKS while it
+ *     is read (another process truncates it) does not kill the process:
+ *     the reader checks the size (fstat) before each batch and window, and
+ *     a SIGBUS handler (installed at the first mmap open, chained to the
+ *     one before it) maps a zero page over a faulting page of the reader's
+ *     own mappings and flags the reader. Every record before the cut is
+ *     delivered, then -ESTALE. Packets of the batch in flight at the cut
+ *     (already handed out, read by the caller afterwards) may read as
+ *     zeros where their bytes were cut off. Any other SIGBUS goes to the
+ *     previous handler (default: the process dies).
  *
  * Byte order and fields
  *   - All integers handed out are in host byte order (file byte order is
@@ -50,7 +61,13 @@
  *     carry no stripped tags; pcapng interface ids are not exposed by libpcap).
  *
  * Link type
- *   - pf_linktype() is a LINKTYPE_* value, fixed for the whole file. The
+ *   - pf_linktype() is a LINKTYPE_* value, fixed for the whole file, as
+ *     32 bits: a classic header's 16-bit link type when its upper 16 bits
+ *     are zero or a well-formed FCS annotation (LT_RESERVED1 bits, mask
+ *     0x03ff0000, clear; the annotation is dropped), else the header's
+ *     whole 32-bit field (0xdeadbeef, not 0xbeef: an unknown link type is
+ *     reported as it is written). pcapng's IDB link type is a 16-bit field,
+ *     reported whole. The
  *     libpcap reader maps the DLTs that differ back (DLT_RAW 12 -> 101,
  *     DLT_ATM_RFC1483 11 -> 100, ...), so both readers report the file's
  *     value. libpcap 1.10 refuses a pcapng file whose interfaces have
@@ -67,6 +84,8 @@
  *     file. A corrupt or truncated record ends the batch: the packets before
  *     it are returned first, the next call returns -EBADMSG (and keeps
  *     returning it); truncated_records counts it. pf_errmsg() says why.
+ *     -ESTALE likewise when the file shrank while being read (mmap reader;
+ *     counted in truncated_records too).
  *   - Nothing prints, nothing exits.
  */
 
@@ -95,7 +114,7 @@ struct pf_reader *pf_open(const char *path, int force_libpcap, char *errbuf,
                           int *err);
 void pf_close(struct pf_reader *r);
 
-int pf_linktype(const struct pf_reader *r);
+uint32_t pf_linktype(const struct pf_reader *r);
 int pf_snaplen(const struct pf_reader *r);       /* effective snaplen */
 int pf_is_mmap(const struct pf_reader *r);
 /* Windows the mmap reader has mapped so far (1 after pf_open, 0 for the
@@ -110,3 +129,7 @@ long pf_next_batch(struct pf_reader *r, void *pkts, size_t cap);
 void pf_stats(const struct pf_reader *r, struct pf_stats *out);
 /* The last error's text ("" if none); valid until pf_close(). */
 const char *pf_errmsg(const struct pf_reader *r);
+
+/* Tests only: the mmap reader no longer checks the file's size, as if
+ * every cut came right after a check (the SIGBUS path, deterministic). */
+void pf_test_skip_fstat(struct pf_reader *r);

@@ -28,6 +28,7 @@ from flowprobe.driver._pcapfile import ffi, lib
 __all__ = [
     "CaptureFile",
     "CaptureFileError",
+    "CaptureShrunkError",
     "TruncatedCaptureError",
     "open_capture",
     "PKT_SIZE",
@@ -60,6 +61,13 @@ class TruncatedCaptureError(CaptureFileError):
     delivered; reading stops here (``stats()["truncated_records"]``)."""
 
 
+class CaptureShrunkError(TruncatedCaptureError):
+    """The file shrank while it was read (truncated by another process).
+    Every packet before the new end has been delivered; reading stops here.
+    The packets of the batch being read at the cut may hold zeros where
+    their bytes were cut off (the mmap reader survives the SIGBUS)."""
+
+
 def _reason(raw: str, path: str) -> str:
     # errbuf texts start with the path; keep the reason only.
     prefix = f"{path}: "
@@ -87,7 +95,8 @@ class CaptureFile:
     def read_into(self, address: int, cap: int) -> int:
         """Fill up to ``cap`` ``struct ft_pkt`` at ``address``; return the
         count, 0 at the end of the file. Raises TruncatedCaptureError on a
-        corrupt/cut record (after the packets before it were returned)."""
+        corrupt/cut record (after the packets before it were returned),
+        CaptureShrunkError (one) when the file shrank while being read."""
         if self._reader is None:
             raise CaptureFileError(self.path, "read from a closed capture file", _errno.EBADF)
         n = lib.pf_next_batch(self._reader, ffi.cast("void *", address), cap)
@@ -96,6 +105,8 @@ class CaptureFile:
         reason = ffi.string(lib.pf_errmsg(self._reader)).decode(errors="replace")
         if n == -_errno.EBADMSG:
             raise TruncatedCaptureError(self.path, reason, -n)
+        if n == -_errno.ESTALE:
+            raise CaptureShrunkError(self.path, reason, -n)
         if n == -_errno.EOPNOTSUPP:
             reason = f"{reason} (libpcap reads one link type per pcapng file)"
         raise CaptureFileError(self.path, reason or os.strerror(-n), -n)

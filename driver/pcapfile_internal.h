@@ -11,6 +11,7 @@
 #define PCAPFILE_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,13 +20,14 @@
 #include "ft_records.h"
 #include "pcapfile.h"
 
+#define PF_LT_RESERVED1 0x03ff0000u /* libpcap's LT_RESERVED1: must be 0 */
 #define PF_HELD 16                 /* windows left behind within one batch */
 
 enum { SWAP_NO = 0, SWAP_YES = 1, SWAP_MAYBE = 2 }; /* caplen/len order */
 
 struct pf_reader {
     int is_mmap;
-    int linktype;
+    uint32_t linktype;             /* see pcapfile.h, "Link type" */
     int snaplen;
     int err;                       /* sticky negative errno, 0 if none */
     struct pf_stats st;
@@ -33,7 +35,12 @@ struct pf_reader {
 
     /* mmap reader: the file is mapped one window at a time */
     int fd;                        /* kept open to map later windows */
-    size_t file_len;               /* size at pf_open() */
+    size_t file_len;               /* size at pf_open(), less if it shrank */
+    size_t open_len;               /* size at pf_open() */
+    int shrunk;                    /* fstat saw the file shorter than open_len */
+    int test_no_fstat;             /* pf_test_skip_fstat() */
+    _Atomic int bus_fault;         /* the SIGBUS handler zero-filled a page of
+                                      one of our mappings (set in the handler) */
     size_t win;                    /* window size, a page multiple */
     size_t page;
     const uint8_t *map;            /* current window ... */

@@ -4,11 +4,29 @@
  * the next one mapped ahead and populated by a helper thread, records are
  * walked in place (ft_pkt.data points into the mapping) and every record
  * header is validated against the rest of the file before use.
+ *
+ * A file that shrinks while it is read (truncate(1), a rotating writer)
+ * must not kill the process: reading a mapped page past the new end of
+ * file raises SIGBUS, in the walk below or later in the flow engine, which
+ * reads the packet bytes a batch points to. Two defences, neither on the
+ * per-packet path:
+ *   - fstat() before each batch and before each new window: a file seen
+ *     shorter is walked up to its new end only, then -ESTALE;
+ *   - for a cut between that fstat() and the reads, a SIGBUS handler: a
+ *     fault (BUS_ADRERR) inside one of OUR mappings (a registry of them,
+ *     filled on mmap, emptied before munmap) gets a zero page mapped over
+ *     the faulting page, the reader's bus_fault flag set, and the read
+ *     goes on; the walk stops at the record it was reading, and the next
+ *     pf_next_batch() returns -ESTALE. Any other SIGBUS goes to the handler
+ *     that was there before (default: the process dies as it would have).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +68,143 @@ static uint16_t rd16(const uint8_t *p, int swap)
     return swap ? __builtin_bswap16(v) : v;
 }
 
+/* ---- SIGBUS: the registry of our mappings and the handler ------------- */
+
+#define PF_MAPS_MAX 256            /* 18 per open reader (window, held, ahead) */
+
+static struct pf_map_slot {
+    struct pf_reader *_Atomic owner;   /* NULL: free */
+    _Atomic uintptr_t start;
+    _Atomic size_t len;            /* 0 while the slot is being (un)filled */
+} pf_maps[PF_MAPS_MAX];
+
+static struct sigaction pf_old_bus;    /* the handler before ours */
+static size_t pf_bus_page = 4096;
+static pthread_once_t pf_bus_once = PTHREAD_ONCE_INIT;
+
+static void mm_on_sigbus(int sig, siginfo_t *si, void *ctx)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+    int i;
+
+    if (si->si_code == BUS_ADRERR) {
+        for (i = 0; i < PF_MAPS_MAX; i++) {
+            size_t len = atomic_load_explicit(&pf_maps[i].len, memory_order_acquire);
+            uintptr_t s = atomic_load_explicit(&pf_maps[i].start, memory_order_relaxed);
+            struct pf_reader *r = atomic_load_explicit(&pf_maps[i].owner,
+                                                       memory_order_relaxed);
+            if (len == 0 || r == NULL || a - s >= len)
+                continue;
+            /* a page past the end of our file: read zeros from here on */
+            if (mmap((void *)(a & ~(uintptr_t)(pf_bus_page - 1)), pf_bus_page,
+                     PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                     -1, 0) == MAP_FAILED)
+                break;
+            atomic_store_explicit(&r->bus_fault, 1, memory_order_relaxed);
+            return;
+        }
+    }
+    /* not ours: what would have happened without us */
+    if (pf_old_bus.sa_flags & SA_SIGINFO) {
+        pf_old_bus.sa_sigaction(sig, si, ctx);
+    } else if (pf_old_bus.sa_handler == SIG_DFL ||
+               pf_old_bus.sa_handler == SIG_IGN) {
+        signal(SIGBUS, SIG_DFL);   /* the access faults again and kills */
+    } else {
+        pf_old_bus.sa_handler(sig);
+    }
+}
+
+static void mm_bus_install(void)
+{
+    struct sigaction sa;
+    long pg = sysconf(_SC_PAGESIZE);
+
+    if (pg > 0)
+        pf_bus_page = (size_t)pg;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = mm_on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    (void)sigaction(SIGBUS, &sa, &pf_old_bus);
+}
+
+/* Best effort: a mapping not registered (256 slots full) is only
+ * unprotected, as every mapping was before. */
+static void mm_track(struct pf_reader *r, const void *p, size_t len)
+{
+    int i;
+
+    for (i = 0; i < PF_MAPS_MAX; i++) {
+        struct pf_reader *none = NULL;
+        if (atomic_compare_exchange_strong(&pf_maps[i].owner, &none, r)) {
+            atomic_store_explicit(&pf_maps[i].start, (uintptr_t)p,
+                                  memory_order_relaxed);
+            atomic_store_explicit(&pf_maps[i].len, len, memory_order_release);
+            return;
+        }
+    }
+}
+
+static void mm_untrack(struct pf_reader *r, const void *p)
+{
+    int i;
+
+    for (i = 0; i < PF_MAPS_MAX; i++) {
+        if (atomic_load(&pf_maps[i].owner) == r &&
+            atomic_load(&pf_maps[i].start) == (uintptr_t)p) {
+            atomic_store_explicit(&pf_maps[i].len, 0, memory_order_release);
+            atomic_store(&pf_maps[i].start, 0);
+            atomic_store(&pf_maps[i].owner, NULL);
+            return;
+        }
+    }
+}
+
+/* mmap a window of our file, registered for the SIGBUS handler. */
+static void *mm_mmap(struct pf_reader *r, size_t len, size_t off, int flags)
+{
+    void *m = mmap(NULL, len, PROT_READ, MAP_PRIVATE | flags, r->fd, (off_t)off);
+
+    if (m != MAP_FAILED)
+        mm_track(r, m, len);
+    return m;
+}
+
+/* ---- a file that shrinks ---------------------------------------------- */
+
+/* fstat(): a file now shorter than the walk's end is walked to its new
+ * end only. Cheap (once per batch and per window). */
+static void mm_check_size(struct pf_reader *r)
+{
+    struct stat sb;
+
+    if (__builtin_expect(r->test_no_fstat, 0))
+        return;
+    if (fstat(r->fd, &sb) == 0 && (size_t)sb.st_size < r->file_len) {
+        r->file_len = (size_t)sb.st_size;
+        r->shrunk = 1;
+    }
+}
+
+/* Reading stops here: the file shrank (-ESTALE, counted once). */
+static void mm_shrunk(struct pf_reader *r)
+{
+    struct stat sb;
+
+    if (r->err == -ESTALE)
+        return;
+    if (fstat(r->fd, &sb) == 0 && (size_t)sb.st_size < r->file_len)
+        r->file_len = (size_t)sb.st_size;
+    r->shrunk = 1;
+    if (r->err != -EBADMSG)        /* a cut record is counted already */
+        r->st.truncated_records++;
+    snprintf(r->errmsg, PF_ERRBUF_SIZE, "the file shrank from %zu to %zu "
+             "bytes while being read: reading stops at offset %zu",
+             r->open_len, r->file_len, r->off);
+    r->err = -ESTALE;
+}
+
 /* libpcap's max_snaplen_for_dlt() is larger than 262144 for these. */
 static int big_snaplen_linktype(uint32_t lt)
 {
@@ -83,7 +238,9 @@ static int mm_header(struct pf_reader *r)
     major = rd16(h + 4, r->byteswap);
     minor = rd16(h + 6, r->byteswap);
     snap = rd32(h + 16, r->byteswap);
-    lt = rd32(h + 20, r->byteswap) & 0xffffu;   /* drop FCS/ext bits */
+    lt = rd32(h + 20, r->byteswap);
+    if ((lt & PF_LT_RESERVED1) == 0)
+        lt &= 0xffffu;             /* drop a well-formed FCS annotation */
     if (major == 2 && minor < 3)
         r->lengths = SWAP_YES;
     else if (major == 2 && minor == 3)
@@ -96,7 +253,7 @@ static int mm_header(struct pf_reader *r)
         return 0;                  /* libpcap words the error */
     if (big_snaplen_linktype(lt) || (r->byteswap && swapped_pseudo_header(lt)))
         return 0;
-    r->linktype = (int)lt;
+    r->linktype = lt;
     r->snaplen = (snap == 0 || snap > PF_MAX_CAPLEN) ? PF_MAX_CAPLEN : (int)snap;
     r->off = PF_FILE_HDR;
     return 1;
@@ -139,6 +296,7 @@ static void mm_unmap(struct pf_reader *r, void *p, size_t len)
             pthread_cond_wait(&r->cv, &r->mu);
         pthread_mutex_unlock(&r->mu);
     }
+    mm_untrack(r, p);
     munmap(p, len);
 }
 
@@ -155,7 +313,7 @@ static void mm_map_ahead(struct pf_reader *r)
     len = r->win;
     if (len > r->file_len - start)
         len = r->file_len - start;
-    m = mmap(NULL, len, PROT_READ, MAP_PRIVATE, r->fd, (off_t)start);
+    m = mm_mmap(r, len, start, 0);
     if (m == MAP_FAILED)
         return;
     (void)madvise(m, len, MADV_SEQUENTIAL);
@@ -224,6 +382,11 @@ static int mm_slide(struct pf_reader *r, size_t off, size_t need)
 
     if (r->nheld == PF_HELD)
         return 0;
+    mm_check_size(r);              /* never map past a new end of file */
+    if (off + need > r->file_len) {
+        mm_shrunk(r);
+        return -1;
+    }
     if (r->next_p != NULL && r->next_off <= off &&
         off + need <= r->next_off + r->next_len) {
         m = r->next_p;             /* mapped ahead, populated (or on it) */
@@ -240,8 +403,7 @@ static int mm_slide(struct pf_reader *r, size_t off, size_t need)
         len = r->win;
     if (len > r->file_len - start)
         len = r->file_len - start;
-    m = mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, r->fd,
-             (off_t)start);
+    m = mm_mmap(r, len, start, MAP_POPULATE);
     if (m == MAP_FAILED) {
         int e = errno;
         snprintf(r->errmsg, PF_ERRBUF_SIZE, "mmap of %zu bytes at offset "
@@ -305,6 +467,9 @@ mm_walk(struct pf_reader *r, struct ft_pkt *out, size_t cap, const int swap)
         frac = rd32(h + 4, swap);
         caplen = rd32(h + 8, swap);
         len = rd32(h + 12, swap);
+        if (__builtin_expect(atomic_load_explicit(&r->bus_fault,
+                                                  memory_order_relaxed), 0))
+            break;                 /* the header was past a new end of file */
         if (__builtin_expect(r->lengths != SWAP_NO, 0) &&
             (r->lengths == SWAP_YES || caplen > len)) {
             t = caplen; caplen = len; len = t;
@@ -399,19 +564,24 @@ int pf_mm_open(struct pf_reader *r, const char *path, char *errbuf)
     }
     r->page = pg > 0 ? (size_t)pg : 4096;
     r->win = mm_window(r->page);
-    r->file_len = (size_t)sb.st_size;
+    r->file_len = r->open_len = (size_t)sb.st_size;
     r->map_len = r->file_len < r->win ? r->file_len : r->win;
-    m = mmap(NULL, r->map_len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    pthread_once(&pf_bus_once, mm_bus_install);
+    r->fd = fd;
+    m = mm_mmap(r, r->map_len, 0, MAP_POPULATE);
     if (m == MAP_FAILED) {
         close(fd);
+        r->fd = -1;
         r->map_len = 0;
         return 0;
     }
     r->map = m;
     r->map_off = 0;
     if (!mm_header(r)) {
+        mm_untrack(r, m);
         munmap(m, r->map_len);
         close(fd);
+        r->fd = -1;
         r->map = NULL;
         r->map_len = 0;
         return 0;
@@ -420,7 +590,6 @@ int pf_mm_open(struct pf_reader *r, const char *path, char *errbuf)
     if (r->map_len < r->file_len)
         (void)posix_fadvise(fd, (off_t)r->map_len, (off_t)r->win,
                             POSIX_FADV_WILLNEED);
-    r->fd = fd;
     r->pf_off = r->off;
     r->windows = 1;
     r->is_mmap = 1;
@@ -430,8 +599,32 @@ int pf_mm_open(struct pf_reader *r, const char *path, char *errbuf)
 
 size_t pf_mm_batch(struct pf_reader *r, struct ft_pkt *out, size_t cap)
 {
+    size_t n;
+
+    /* A SIGBUS since the last batch (in the flow engine, reading it) means
+     * the file ends before r->off: nothing readable is left. */
+    mm_check_size(r);
+    if (atomic_load_explicit(&r->bus_fault, memory_order_relaxed) ||
+        (r->shrunk && r->off > r->file_len)) {
+        mm_shrunk(r);
+        return 0;
+    }
     /* two copies of the walk, the byte order a constant in each */
-    return r->byteswap ? mm_walk(r, out, cap, 1) : mm_walk(r, out, cap, 0);
+    n = r->byteswap ? mm_walk(r, out, cap, 1) : mm_walk(r, out, cap, 0);
+    if (__builtin_expect(r->shrunk || atomic_load_explicit(
+            &r->bus_fault, memory_order_relaxed), 0)) {
+        if (r->err == 0 || r->err == -EBADMSG) {
+            if (atomic_load_explicit(&r->bus_fault, memory_order_relaxed) ||
+                r->err == -EBADMSG || r->off >= r->file_len)
+                mm_shrunk(r);
+        }
+    }
+    return n;
+}
+
+void pf_test_skip_fstat(struct pf_reader *r)
+{
+    r->test_no_fstat = 1;
 }
 
 void pf_mm_close(struct pf_reader *r)
@@ -439,9 +632,9 @@ void pf_mm_close(struct pf_reader *r)
     mm_ahead_stop(r);
     pf_mm_release_held(r);
     if (r->next_p != NULL)
-        munmap(r->next_p, r->next_len);
+        mm_unmap(r, r->next_p, r->next_len);
     if (r->map != NULL)
-        munmap((void *)r->map, r->map_len);
+        mm_unmap(r, (void *)r->map, r->map_len);
     if (r->fd >= 0)
         close(r->fd);
 }

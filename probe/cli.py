@@ -15,8 +15,10 @@ as one line on stderr with a named exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import stat
 import sys
 from typing import Any, Callable, Sequence
 
@@ -73,8 +75,12 @@ def _add_replay(sub: Any) -> None:
         "IPv6 records, which the format cannot carry, do not count); "
         f"{int(ExitCode.CONFIG)} bad configuration or command line; "
         f"{int(ExitCode.INPUT)} an input file cannot be read; "
+        f"{int(ExitCode.INPUT_TRUNCATED)} an input file shrank while being read "
+        "(the flows before the cut are exported; 6 takes precedence); "
         f"{int(ExitCode.FAILURE)} any other failure.")
-    p.add_argument("files", metavar="FILE", nargs="+", help="pcap or pcapng capture")
+    p.add_argument("files", metavar="FILE", nargs="+",
+                   help="pcap or pcapng capture; - reads standard input, a FIFO is "
+                   "read as a stream (tcpdump -w - | flowprobe replay -)")
     _add_config_option(p)
     add_flow_options(p)
     p.add_argument("--json", action="store_true",
@@ -105,15 +111,27 @@ def flow_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_input_files(files: Sequence[str]) -> None:
-    """Fail early, in one line, on an input file that cannot be read."""
+    """Fail early, in one line, on an input file that cannot be read.
+
+    ``-`` (stdin) and FIFOs are streams: they are looked at with stat()
+    and access() only, never opened here (opening a FIFO would use up its
+    writer), and stdin can be read once."""
+    if list(files).count("-") > 1:
+        raise InputError("-: standard input can be read only once")
     for name in files:
+        if name == "-":
+            continue
         try:
-            with open(name, "rb"):
-                pass
+            st = os.stat(name)
+            if stat.S_ISDIR(st.st_mode):
+                raise InputError(f"{name}: is a directory")
+            if stat.S_ISREG(st.st_mode):
+                with open(name, "rb"):
+                    pass
+            elif not os.access(name, os.R_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         except OSError as exc:
             raise InputError(f"{name}: {exc.strerror or exc}") from None
-        if os.path.isdir(name):
-            raise InputError(f"{name}: is a directory")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

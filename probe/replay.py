@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from flowprobe.driver.pcapfile import CaptureFileError, open_capture
+from flowprobe.driver.pcapfile import CaptureFileError, CaptureShrunkError, open_capture
 from flowprobe.errors import ExitCode
 from flowprobe.logs import get_logger
 from flowprobe.probe.flowtable.table import END_REASONS, FlowTable
@@ -46,18 +46,32 @@ class Progress:
             self._stream.flush()
 
 
+def _is_stream(path: str) -> bool:
+    """``-`` (stdin) or a FIFO: read once, its size unknown."""
+    return path == "-" or not os.path.isfile(path)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def replay_files(files: list[str], table: FlowTable, batch_packets: int,
                  on_batch: Callable[[], None] | None = None,
                  progress: Progress | None = None) -> dict:
     """Feed every file through the table in batches; returns reader totals.
 
     Raises CaptureFileError for a file that cannot be opened; a corrupt
-    record ends that file (counted) and replay goes on with the next.
+    record, or the file shrinking while it is read, ends that file
+    (counted; ``shrunk_files`` for the latter) and replay goes on with the
+    next.
     """
     log = get_logger()
     batch = table.packet_batch(batch_packets)
     totals = {"files": 0, "packets_read": 0, "bytes_read": 0, "truncated_files": 0,
-              "unsupported_linktypes": {}}
+              "shrunk_files": 0, "unsupported_linktypes": {}}
     read_bytes = 0
     for path in files:
         with open_capture(path) as cap:
@@ -65,7 +79,8 @@ def replay_files(files: list[str], table: FlowTable, batch_packets: int,
             if linktype not in SUPPORTED_LINKTYPES:
                 # Counted per packet by the engine; named once here.
                 totals["unsupported_linktypes"][linktype] = path
-                log.warning("linktype_unsupported", file=path, linktype=linktype)
+                log.warning("linktype_unsupported", file=path, linktype=linktype,
+                            linktype_hex=f"0x{linktype:08x}")
             try:
                 while True:
                     n = cap.read_into(batch.address, batch.cap)
@@ -80,12 +95,15 @@ def replay_files(files: list[str], table: FlowTable, batch_packets: int,
                                         totals["packets_read"] + cap.stats()["packets"])
             except CaptureFileError as exc:
                 totals["truncated_files"] += 1
-                log.warning("capture_truncated", file=path, reason=str(exc))
+                shrunk = isinstance(exc, CaptureShrunkError)
+                totals["shrunk_files"] += shrunk
+                log.warning("capture_truncated", file=path, reason=exc.reason,
+                            shrunk=shrunk, packets_read=cap.stats()["packets"])
             st = cap.stats()
             totals["files"] += 1
             totals["packets_read"] += st["packets"]
             totals["bytes_read"] += st["cap_bytes"]
-            read_bytes += os.path.getsize(path) if os.path.exists(path) else 0
+            read_bytes += st["cap_bytes"] if _is_stream(path) else _size(path)
     return totals
 
 
@@ -99,8 +117,11 @@ def format_summary(totals: dict, stats: dict, seconds: float) -> str:
     for reason, count in stats["skipped"].items():
         if count:
             lines.append(f"  skipped {reason:<18}{count:>10,}")
+    if totals["truncated_files"]:
+        lines.append(f"  truncated files {totals['truncated_files']:>16,}"
+                     f"  (shrank while read: {totals['shrunk_files']:,})")
     for lt, path in totals["unsupported_linktypes"].items():
-        lines.append(f"  unsupported link type {lt} (first in {path})")
+        lines.append(f"  unsupported link type {lt} (0x{lt:08x}, first in {path})")
     if stats["l4_partial"]:
         lines.append(f"  accepted without transport fields {stats['l4_partial']:,}")
     lines.append(f"flows created      {stats['flows_created']:>14,}")
@@ -153,7 +174,7 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
         e.attach(table)
 
     started = time.perf_counter()
-    total_size = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    total_size = sum(_size(f) for f in files if not _is_stream(f))
     progress = Progress(total_size)
     try:
         totals = replay_files(files, table, cfg.replay.batch_packets,
@@ -188,6 +209,10 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
                   not_exported={k: v for k, v in missing.items() if v},
                   exit_code=int(ExitCode.EXPORT_INCOMPLETE))
         return ExitCode.EXPORT_INCOMPLETE
+    if totals["shrunk_files"]:
+        log.error("input_truncated", files=totals["shrunk_files"],
+                  exit_code=int(ExitCode.INPUT_TRUNCATED))
+        return ExitCode.INPUT_TRUNCATED
     return ExitCode.OK
 
 

@@ -219,7 +219,7 @@ uint64_t ft_memory_bytes(const struct ft_table *t)
 }
 
 /* Accounting of one parsed packet (stage 3 of the pipeline). */
-static void ingest_one(struct ft_table *t, int linktype, int verdict,
+static void ingest_one(struct ft_table *t, uint32_t linktype, int verdict,
                        const struct ft_parsed *p, uint64_t ts)
 {
     t->st.packets_seen++;
@@ -244,7 +244,7 @@ static void ingest_one(struct ft_table *t, int linktype, int verdict,
  * parsed and its chain head prefetched, the chain head of packet j - D is
  * read and its first flow prefetched, and packet j - 2D is accounted.
  */
-int ft_ingest(struct ft_table *t, int linktype, const struct ft_pkt *pkts, size_t n,
+int ft_ingest(struct ft_table *t, uint32_t linktype, const struct ft_pkt *pkts, size_t n,
               size_t *consumed)
 {
     struct ft_parsed ring[PIPE_RING];

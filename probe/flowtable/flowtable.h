@@ -80,7 +80,8 @@ struct ft_stats {
     uint64_t flows_active;
     uint64_t flows_peak;
     uint64_t records_pending;
-    uint64_t last_linktype_unsupported; /* the last unknown link type seen */
+    uint64_t last_linktype_unsupported; /* the last unknown link type seen
+                                           (the whole 32-bit value) */
     uint64_t now_ns;           /* the table's clock */
 };
 
@@ -100,7 +101,7 @@ uint32_t ft_flow_entry_size(void);
  * many packets were taken. Drain with ft_expire() and call again with the
  * rest. Returns 0, or -EINVAL on bad arguments.
  */
-int ft_ingest(struct ft_table *t, int linktype, const struct ft_pkt *pkts,
+int ft_ingest(struct ft_table *t, uint32_t linktype, const struct ft_pkt *pkts,
               size_t n, size_t *consumed);
 
 /*

@@ -44,7 +44,7 @@ struct ft_parsed {
 
 /* Parse one packet. Returns FT_PARSE_OK, or an enum ft_skip reason. */
 #define FT_PARSE_OK (-1)
-int ft_parse(const struct ft_pkt *pkt, int linktype, struct ft_parsed *out);
+int ft_parse(const struct ft_pkt *pkt, uint32_t linktype, struct ft_parsed *out);
 
 /* TCP flag bits. */
 #define FT_TCP_FIN 0x01

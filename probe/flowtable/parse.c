@@ -224,7 +224,7 @@ partial:
 
 /* Link layer: returns the offset of the network header and its ethertype
  * (0 when not IP), or a skip reason through *skip. */
-static uint32_t parse_link(struct ft_parsed *o, const struct ft_pkt *p, int linktype,
+static uint32_t parse_link(struct ft_parsed *o, const struct ft_pkt *p, uint32_t linktype,
                            uint16_t *ethertype, int *skip)
 {
     const uint8_t *d = p->data;
@@ -351,7 +351,7 @@ truncated:
     return 0;
 }
 
-int ft_parse(const struct ft_pkt *p, int linktype, struct ft_parsed *o)
+int ft_parse(const struct ft_pkt *p, uint32_t linktype, struct ft_parsed *o)
 {
     memset(o, 0, sizeof(*o));
     uint16_t et = 0;
