@@ -18,7 +18,7 @@ from flowprobe.probe.flowtable.table import FlowTable
 
 import packets
 
-FRAME = packets.eth_ipv4_icmp("10.0.0.1", "10.0.0.2")
+FRAME = packets.eth_ipv4_icmp("198.18.0.1", "198.19.0.2")
 
 
 def classic(path, linktype, order="<"):
