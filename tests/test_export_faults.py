@@ -93,6 +93,18 @@ def equation(st):
     assert sum(st["records_not_sent_by"].values()) == st["records_not_sent"]
 
 
+def closed_stats(pipes, col=None) -> dict:
+    """Close the pipeline (bounded), let the collector finish reading, and
+    return the one exporter's stats, its accounting equation checked."""
+    pipes.close(10.0)
+    if col is not None:
+        col.proc.wait(30)
+        col.stop()
+    st = pipes.stats()[next(iter(pipes.stats()))]
+    equation(st)
+    return st
+
+
 def test_tcp_collector_that_starts_late(tmp_path):
     """The collector listens only 1.5 s after records start: what the
     bounded buffer could not hold is not sent (buffer_full), the rest is
@@ -108,11 +120,7 @@ def test_tcp_collector_that_starts_late(tmp_path):
             col = Collector(tmp_path, "--listen", f"tcp://127.0.0.1:{port}",
                             "--idle-timeout", "5")
     handed = feed(pipes, 40, 2500, pause_s=0.1, on_batch=start)
-    pipes.close(10.0)
-    col.proc.wait(30)
-    col.stop()
-    st = pipes.stats()[next(iter(pipes.stats()))]
-    equation(st)
+    st = closed_stats(pipes, col)
     assert st["records_handed"] == handed == 100_000
     assert st["records_not_sent_by"].get("buffer_full", 0) > 0
     assert col.records() == st["records_exported"] > 0
@@ -165,11 +173,7 @@ def test_udp_port_that_refuses(tmp_path):
             pipes.tick(time.time_ns())    # templates first (refresh_s is due)
             time.sleep(0.1)
     handed = feed(pipes, 20, 1000, pause_s=0.02, on_batch=start)
-    pipes.close(10.0)
-    col.proc.wait(30)
-    col.stop()
-    st = pipes.stats()[next(iter(pipes.stats()))]
-    equation(st)
+    st = closed_stats(pipes, col)
     assert st["records_handed"] == handed
     assert st["records_not_sent_by"]["collector_refused"] > 0
     assert col.records() == st["records_exported"] > 0
@@ -200,9 +204,7 @@ def test_file_on_a_full_tmpfs(tmp_path, tmpfs):
     d = tmpfs("full", "size=256k")
     pipes = pipeline(f"ipfix+file://{d}/flows.ipfix")
     handed = feed(pipes, 20, 1000)
-    pipes.close(10.0)
-    st = pipes.stats()[next(iter(pipes.stats()))]
-    equation(st)
+    st = closed_stats(pipes)
     assert st["records_handed"] == handed
     assert st["records_not_sent_by"]["disk_full"] > 0 and st["records_exported"] > 0
     assert sorted(os.listdir(d)) == ["flows.ipfix"]
@@ -220,9 +222,7 @@ def test_file_in_an_unwritable_directory(tmp_path, tmpfs):
     d = tmpfs("ro", "ro,size=64k")
     pipes = pipeline(f"ipfix+file://{d}/flows.ipfix")
     handed = feed(pipes, 5, 1000)
-    pipes.close(10.0)
-    st = pipes.stats()[next(iter(pipes.stats()))]
-    equation(st)
+    st = closed_stats(pipes)
     assert st["records_handed"] == handed
     assert st["records_exported"] == 0
     assert st["records_not_sent_by"] == {"file_error": handed}
@@ -244,11 +244,7 @@ def test_full_queue_drops_and_counts_never_waits(tmp_path):
         pipes.sink(address(arr), 1000)
     fed_s = time.monotonic() - t0
     handed = 30_000
-    pipes.close(10.0)
-    col.proc.wait(30)
-    col.stop()
-    st = pipes.stats()[next(iter(pipes.stats()))]
-    equation(st)
+    st = closed_stats(pipes, col)
     assert st["records_handed"] == handed
     assert st["records_not_sent_by"]["queue_full"] > 0
     assert fed_s < 0.5          # 30k records at 500 msgs/s take ~3 s inline

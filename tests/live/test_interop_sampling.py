@@ -7,7 +7,6 @@ import ipaddress
 import signal
 import struct
 import subprocess
-import sys
 import time
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 import synth
 from collectors import nfacctd, nfcapd
 from flowprobe.exporters import templates
-from test_run import final_stats
+from test_run import final_stats, start_probe
 
 RATE = 10
 PPS = 50000
@@ -27,28 +26,6 @@ def ns(veth):
     """The veth pair with lo up in the capture namespace (collectors there)."""
     veth.run(veth.cap_ns, "ip", "link", "set", "lo", "up")
     return veth
-
-
-def start_probe(pair, tmp_path, yaml_text):
-    """`flowprobe run` in the capture namespace with this config; returns once
-    its reader has the ring open."""
-    cfg = tmp_path / "probe.yaml"
-    cfg.write_text(yaml_text)
-    proc = subprocess.Popen(
-        pair.argv(pair.cap_ns, sys.executable, "-m", "flowprobe", "run",
-                  "-i", pair.cap_if, "-c", str(cfg)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "reader_started" in line:
-            return proc
-    proc.kill()
-    pytest.fail("flowprobe run did not start:\n" + "".join(lines))
 
 
 def stop_probe(proc, timeout=60):
@@ -172,7 +149,7 @@ def test_nfdump_and_nfacctd_scale_deterministic_sampling(ns, tmp_path, capture_3
                 nfcapd(tmp_path / "nf_v9", ports["nf_v9"], netns=ns.cap_ns), \
                 nfacctd(tmp_path / "pm_ipfix", True, ports["pm_ipfix"], ns.cap_ns) as pm4, \
                 nfacctd(tmp_path / "pm_v9", True, ports["pm_v9"], ns.cap_ns) as pm9:
-            proc = start_probe(ns, tmp_path, yaml_config(urls))
+            proc = start_probe(ns, tmp_path, config=yaml_config(urls))
             try:
                 sent = ns.send(path, pps=PPS, max_seconds=60)
                 assert sent["sent"] == truth.frames and sent["errors"] == 0
@@ -296,7 +273,7 @@ def test_nfdump_sequence_failures_with_periodic_options(ns, tmp_path):
     try:
         with nfcapd(tmp_path / "nf_ipfix", ports["ipfix"], netns=ns.cap_ns), \
                 nfcapd(tmp_path / "nf_v9", ports["netflow9"], netns=ns.cap_ns):
-            proc = start_probe(ns, tmp_path, yaml_config(urls, idle_timeout_s=1,
+            proc = start_probe(ns, tmp_path, config=yaml_config(urls, idle_timeout_s=1,
                                                          options_interval_s=1))
             try:
                 sent = ns.send(path, pps=10000, max_seconds=60)

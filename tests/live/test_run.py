@@ -16,12 +16,14 @@ FLOWS, PACKETS, PPS = 400, 6000, 20000
 MTU_FRAME = 1514
 
 
-def start_probe(veth, tmp_path, *extra, capture_yaml=""):
+def start_probe(veth, tmp_path, *extra, capture_yaml="", config=None):
     """`flowprobe run` in the capture namespace; returns once a reader has
-    its ring open. ``capture_yaml``: more lines of the capture section.
-    ``proc.head`` holds the stderr lines read until then."""
+    its ring open. ``capture_yaml``: more lines of the capture section of
+    the default test config; ``config``: a whole config instead. ``proc.head``
+    holds the stderr lines read until then."""
     cfg = tmp_path / "probe.yaml"
-    cfg.write_text("flow:\n  idle_timeout_s: 600\n  active_timeout_s: 600\n"
+    cfg.write_text(config if config is not None else
+                   "flow:\n  idle_timeout_s: 600\n  active_timeout_s: 600\n"
                    "capture:\n  block_timeout_ms: 5\n" + capture_yaml)
     proc = subprocess.Popen(
         veth.argv(veth.cap_ns, sys.executable, "-m", "flowprobe", "run", "-i", veth.cap_if,
