@@ -62,6 +62,15 @@ enum ft_end_reason {
     FT_END_RESOURCES = 5       /* lackOfResources: table full, oldest evicted */
 };
 
+/* Where ft_record.app_* came from (nDPI application identification). */
+enum ft_app_source {
+    FT_APP_NONE = 0,           /* DPI off, or not TCP/UDP/ICMP over IP: no label */
+    FT_APP_DETECTED = 1,       /* nDPI classified the flow from its packets */
+    FT_APP_GUESSED = 2,        /* ndpi_detection_giveup's guess at expiry */
+    FT_APP_NO_STATE = 3,       /* the DPI pool was empty when the flow began */
+    FT_APP_UNKNOWN = 4         /* inspected, and nothing (not even a guess) */
+};
+
 /*
  * One packet of a batch, described by whoever read it (a file reader, a
  * TPACKET_V3 block walker, an AF_XDP descriptor walker). data points at the
@@ -108,4 +117,15 @@ struct ft_record {
     uint8_t has_mac;           /* 1 when the link layer had MAC addresses */
     uint8_t src_mac[6];
     uint8_t dst_mac[6];
+    /* Application (nDPI 4.2 protocol ids; both 0 when unknown). app_name is
+     * nDPI's "Master.App" label (ndpi_protocol2name, e.g. "TLS.Google",
+     * "DNS", "Unknown" when inspected without result), NUL-terminated; ""
+     * when the flow was not inspected (FT_APP_NONE, FT_APP_NO_STATE). Both
+     * unidirectional records of a conversation carry the same label.
+     * JSON lines keys: applicationName, ndpiMasterProtocol, ndpiAppProtocol
+     * (emitted when app_source is not FT_APP_NONE). */
+    uint16_t app_master;       /* nDPI master protocol id (e.g. 91 TLS) */
+    uint16_t app_id;           /* nDPI app protocol id (e.g. 126 Google) */
+    uint8_t app_source;        /* enum ft_app_source */
+    char app_name[47];
 };

@@ -42,6 +42,10 @@ static void emit(struct ft_table *t, const struct ft_flow *f, int reason)
     r->has_mac = (f->state & FLOW_MAC) ? 1 : 0;
     memcpy(r->dst_mac, f->mac, 6);
     memcpy(r->src_mac, f->mac + 6, 6);
+    r->app_master = 0;         /* filled by the DPI stage when it is on */
+    r->app_id = 0;
+    r->app_source = FT_APP_NONE;
+    r->app_name[0] = '\0';
     t->pending_count++;
     t->st.flows_expired[reason]++;
 }
