@@ -131,6 +131,10 @@ class FlowConfig:
     active_timeout_s: float = setting(120.0, positive=True)
     tcp_end_grace_s: float = setting(2.0, min=0)
     record_buffer: int = setting(65536, min=1, max=2**24)
+    # Application identification (nDPI): on by default. dpi_max_flows bounds
+    # the pool of nDPI flow states (688 bytes each in nDPI 4.2) per reader.
+    dpi: bool = setting(True)
+    dpi_max_flows: int = setting(32768, min=1, max=2**24)
 
 
 @dataclass(frozen=True)
