@@ -70,6 +70,19 @@ def test_known_applications_get_exact_labels_both_ways(tmp_path):
     assert stats["dpi"]["pool_in_use"] == 0
 
 
+def test_directions_with_different_tos_share_one_state(tmp_path):
+    """A server answering with another DSCP (two flows apart from the ToS
+    in their keys) still shares the client's nDPI state: one conversation
+    inspected, both directions labelled alike."""
+    path = tmp_path / "tos.pcap"
+    convs = [apps.dns(C4, S4, 44000, server_tos=0x20), apps.dns(C6, S6, 44001, server_tos=0xB8)]
+    apps.write(path, convs)
+    records, stats = run(path)
+    assert set(labels(records).values()) == {("DNS", 0, 5)}
+    assert len(records) == 4
+    assert stats["dpi"]["inspected"] == 2
+
+
 def test_dpi_off_gives_no_label_and_no_counters(tmp_path):
     """flow.dpi false: records carry no application keys, counters stay 0."""
     path = tmp_path / "apps.pcap"
@@ -149,8 +162,36 @@ def test_active_timeout_records_keep_the_label(tmp_path):
 
 def test_memory_per_flow_under_detection():
     """The pool costs dpi_max_flows slots of nDPI's 688-byte flow state plus
-    a little bookkeeping, and the label side array 12 bytes per flow."""
+    a little bookkeeping (conversation key, owners, index bucket), and the
+    label side array 12 bytes per flow of the table."""
     assert 688 < FlowTable.dpi_slot_size() <= 768
     off = FlowTable(flow_cfg(max_flows=4096, dpi=False)).memory_bytes
     on = FlowTable(flow_cfg(max_flows=4096, dpi_max_flows=1000)).memory_bytes
-    assert on - off <= 1000 * FlowTable.dpi_slot_size() + 4096 * 12 + 4096
+    assert on - off <= 1000 * FlowTable.dpi_slot_size() + 4096 * 12 + 1024 * 4 + 4096
+
+
+def test_replay_cli_flags_turn_dpi_off_and_size_the_pool(tmp_path):
+    """`flowprobe replay` reports the conversations it inspected; --no-dpi
+    turns identification off; --dpi-max-flows sizes the pool and is checked
+    like the config key (exit 2 naming flow.dpi_max_flows)."""
+    import subprocess
+    import sys
+    path = tmp_path / "apps.pcap"
+    apps.write(path, known_conversations())
+
+    def replay(*flags):
+        return subprocess.run([sys.executable, "-m", "flowprobe", "replay", str(path), *flags],
+                              capture_output=True, text=True, timeout=60)
+    on = replay()
+    assert on.returncode == 0, on.stderr
+    assert "applications                    7  conversations inspected" in on.stderr
+    assert "  detected                          7" in on.stderr
+    off = replay("--no-dpi")
+    assert off.returncode == 0, off.stderr
+    assert "applications" not in off.stderr
+    one = replay("--dpi-max-flows", "1")
+    assert one.returncode == 0, one.stderr
+    assert "  no_state" in one.stderr
+    bad = replay("--dpi-max-flows", "0")
+    assert bad.returncode == 2
+    assert "flow.dpi_max_flows (command line)" in bad.stderr
