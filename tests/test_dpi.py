@@ -195,3 +195,40 @@ def test_replay_cli_flags_turn_dpi_off_and_size_the_pool(tmp_path):
     bad = replay("--dpi-max-flows", "0")
     assert bad.returncode == 2
     assert "flow.dpi_max_flows (command line)" in bad.stderr
+
+
+def test_eviction_and_expiry_return_every_state(tmp_path):
+    """A table of 8 flows under 40 overlapping TLS/HTTP/DNS conversations:
+    flows are evicted while under detection, yet every nDPI state comes back
+    to the pool, each ended one way, and every record has a label."""
+    path = tmp_path / "many.pcap"
+    convs = []
+    for i in range(40):
+        make = (apps.tls, apps.http, apps.dns)[i % 3]
+        convs.append(make(C4, f"198.18.2.{i + 1}", 45000 + i))
+    apps.write(path, convs, spacing_ns=500_000)
+    records, stats = run(path, max_flows=8)
+    d = stats["dpi"]
+    assert stats["flows_expired"]["lack_of_resources"] > 0
+    assert d["pool_in_use"] == 0
+    assert d["inspected"] == d["detected"] + d["guessed"] + d["unknown"]
+    assert stats["packets_emitted"] == stats["packets_accepted"]
+    # every piece of a thrashed conversation is labelled (inspected anew)
+    assert all(r.get("applicationName") for r in records)
+
+
+def test_first_direction_to_end_decides_for_both(tmp_path):
+    """A conversation nDPI cannot name, whose client goes quiet while the
+    server keeps sending past the idle timeout: the client's flow ends
+    first with the giveup label, and the server's record carries the same."""
+    path = tmp_path / "oneway.pcap"
+    frames = [(apps.START_NS, packets.eth_ipv4_udp(C4, S4, 46000, 46001, b"\x01\x02\x03"))]
+    for i in range(1, 8):
+        frames.append((apps.START_NS + i * 10 * S,
+                       packets.eth_ipv4_udp(S4, C4, 46001, 46000, b"\x07" * 40)))
+    packets.write_pcap(path, frames, nsec=True)
+    records, stats = run(path, idle_timeout_s=30.0)
+    assert [r["flowEndReason"] for r in records] == [1, 4]
+    assert records[0]["sourceIPv4Address"] == C4
+    assert len({(r["applicationName"], r["ndpiAppProtocol"]) for r in records}) == 1
+    assert stats["dpi"]["inspected"] == 1 and stats["dpi"]["pool_in_use"] == 0
