@@ -41,9 +41,9 @@
  * What nDPI reads: each packet from its IP header on, as captured. A packet
  * cut by the capture's snap length (live capture keeps 256 bytes by
  * default) is handed over as a copy whose IP length says what was
- * captured: nDPI 4.2 would otherwise skip it whole, and a truncated TLS
- * ClientHello still names its server when the SNI lies in the captured
- * part.
+ * captured: nDPI 4.2 would otherwise skip it whole. An HTTP Host in the
+ * captured part is then found; a cut TLS ClientHello still is not (nDPI
+ * reassembles the whole record before it reads the SNI).
  *
  * Finding the state of a conversation: states under detection are indexed
  * by the conversation's key, the flow key without ToS and with its two
@@ -52,7 +52,8 @@
  * class). Ifindex and VLAN stay in the key: directions seen on different
  * interfaces or VLANs are two conversations to nDPI. A flow that begins
  * while no state is under detection copies the final label of its reverse
- * flow (same ToS) if that one is alive; a reverse that found the pool empty
+ * flow (reverse_of(): same ToS first, else any) if that one is alive; a
+ * reverse that found the pool empty
  * passes on FT_APP_NO_STATE. (A flow kept over an active timeout keeps its
  * own label, expire.c.)
  */
