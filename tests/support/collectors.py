@@ -83,6 +83,7 @@ class Nfacctd:
         self.templates = os.path.join(self.dir, "templates.json")
         self.csv = os.path.join(self.dir, "flows.csv")
         self.conf = os.path.join(self.dir, "nfacctd.conf")
+        self.stderr = os.path.join(self.dir, "nfacctd.stderr")
         with open(self.conf, "w") as f:
             f.write("\n".join([
                 "daemonize: false",
@@ -106,9 +107,12 @@ class Nfacctd:
     def start(self, timeout_s=10.0):
         open(self.templates, "a").close()     # it loads the file at start
         # a session of its own: stop() signals the core and its plugins together
-        self.proc = subprocess.Popen(in_netns(self.netns, ["nfacctd", "-f", self.conf]),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        # its stdout/stderr go to a file: what it says before its log is
+        # open, or as it dies (a libc abort), is not in its log file
+        with open(self.stderr, "ab") as out:
+            self.proc = subprocess.Popen(in_netns(self.netns, ["nfacctd", "-f", self.conf]),
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         end = time.monotonic() + timeout_s
         # ready: the socket is bound and the print plugin has its cache
         while not ("cache entries=" in self.read_log()
@@ -159,6 +163,23 @@ class Nfacctd:
         os.killpg(pgid, signal.SIGKILL)
         self.proc.wait()
         raise RuntimeError("nfacctd (core or plugin) did not exit on SIGINT")
+
+    def diagnosis(self):
+        """How the daemon is doing, for an assertion message: whether the
+        core is still running (else its exit status, negative for a
+        signal), the processes left in its group, its stdout/stderr and the
+        tail of its log."""
+        status = self.proc.poll() if self.proc else "not started"
+        group = subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(self.proc.pid)],
+                               capture_output=True, text=True).stdout if self.proc else ""
+        try:
+            with open(self.stderr, errors="replace") as f:
+                said = f.read()[-2000:]
+        except FileNotFoundError:
+            said = ""
+        return (f"nfacctd core: {'running' if status is None else f'exit {status}'}\n"
+                f"its process group:\n{group}stdout/stderr:\n{said}\n"
+                f"log tail:\n{self.read_log()[-2000:]}")
 
     def read_log(self):
         try:
