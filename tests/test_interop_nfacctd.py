@@ -48,7 +48,7 @@ def test_replay_to_nfacctd_is_silent_and_exact(scheme, capture, tmp_path):
         coll.drain()
         logged = coll.log_since_start()
     assert logged == "", logged[:2000]
-    learned = {(tid, kind) for _sid, tid, kind in coll.learned_templates()}
+    learned = coll.learned_templates()
     assert learned == TEMPLATES
     got, want = coll.flows(), truth_counts(truth)
     assert sum(p for p, _ in got.values()) == truth.packets
