@@ -15,6 +15,10 @@ collector with a large receive buffer.
 Batching: messages of one export batch go out in sendmmsg() calls (C,
 exporters/udpsend.c), as many as the bucket allows at a time.
 
+Deadline: when the pipeline closes this exporter (shutdown, or a reload
+retiring it) it sets ``give_up_at``; past it, paced messages still
+batched are not sent but counted (`queue_timeout`), so a drain is bounded.
+
 Refusals: a datagram to a port nobody listens on comes back as ICMP port
 unreachable. With IP_RECVERR each one lands in the socket's error queue
 with the start of the refused datagram; the transport keeps the header of
@@ -61,6 +65,7 @@ class UdpTransport(Transport):
         self._batch_records: list[int] = []
         self._recent: collections.OrderedDict = collections.OrderedDict()
         self._err = ffi.new("int *")
+        self.give_up_at: float | None = None   # monotonic; set by the pipeline's close
         self.pace_sleeps = 0
         self.send_calls = 0
         self.collector_unreachable = 0
@@ -117,6 +122,12 @@ class UdpTransport(Transport):
         """Send every batched message (paced)."""
         retried = False
         while self._batch:
+            if self.give_up_at is not None and self.rate > 0 \
+                    and time.monotonic() >= self.give_up_at:
+                self.not_sent(sum(self._batch_records), "queue_timeout")
+                self._batch.clear()
+                self._batch_records.clear()
+                break
             k = self._take_tokens(len(self._batch))
             msgs, recs = self._batch[:k], self._batch_records[:k]
             if self.sock is None:
