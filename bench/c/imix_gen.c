@@ -17,8 +17,10 @@
  * follow a skewed (Zipf-like, weight (rank + 8)^-1.1) share, as the synth
  * captures of tests/support/synth.py. 90% IPv4, 10% IPv6; 60% TCP, 35% UDP,
  * 5% ICMP echo. Addresses only from 198.18.0.0/15 (src 198.18/16, dst
- * 198.19/16) and 2001:db8::/32. Key uniqueness: flow i has source address
- * i mod 65536 and source port 20000 + i / 65536 (ICMP: identifier).
+ * 198.19/16) and 2001:db8::/32. Flow i has source address i mod 65536
+ * (IPv4) and source port 20000 + i / 65536; an ICMP flow carries that in
+ * its echo identifier, which is no part of a flow key, so two ICMP flows
+ * may share a key (999,998 keys of 1M in the 10M-packet file).
  * Flows come in windows of ~1M packets (consecutive flows), packets of a
  * window shuffled: flows start and end through the file. Gaps between
  * packets are 0-2 us. L4 checksums are left 0 (nothing here verifies them);
