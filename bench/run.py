@@ -463,7 +463,9 @@ def main() -> int:
         "flows_live_in_c_path": big["ft_bench"]["flows_peak"],
         "entry_bytes": entry["entry_bytes"],
     }
+    targets["ratio_vs_softflowd_imix_export"] = imix_res["softflowd"]["ratio_wall_median"]
     targets["met"] = {
+        "5x_softflowd_imix_export": imix_res["target_met"],
         "5x_softflowd_big_table": targets["ratio_vs_softflowd_big_table"] >= TARGET_RATIO,
         "5x_softflowd_default": targets["ratio_vs_softflowd_default"] >= TARGET_RATIO,
         "c_path_50ns": targets["c_path_ns_per_packet"] <= TARGET_NS,
