@@ -11,6 +11,10 @@
 #include "encode.h"
 #include "enc_fields.h"
 
+/* ENC_F_APP_NAME copies at most this many bytes: the label without its NUL */
+#define APP_NAME_MAX (sizeof(((struct ft_record *)0)->app_name) - 1)
+_Static_assert(APP_NAME_MAX == 46, "ft_record.app_name changed: update templates.py APP_NAME_LEN");
+
 /* Field lengths each source allows: addresses and MACs are fixed, numbers
  * may be reduced-size (1..8 bytes). */
 static int field_ok(const struct enc_field *f)
@@ -27,6 +31,8 @@ static int field_ok(const struct enc_field *f)
     case ENC_F_SRC_MAC:
     case ENC_F_DST_MAC:
         return f->length == 6;
+    case ENC_F_APP_NAME:
+        return f->length >= 1 && f->length <= APP_NAME_MAX;
     default:
         return f->field < ENC_F_COUNT && f->length >= 1 && f->length <= 8;
     }
@@ -89,6 +95,13 @@ static int put_record(uint8_t *p, const struct ft_record *r,
             else
                 memset(p, 0, 6);
             break;
+        case ENC_F_APP_NAME: {
+            /* the label up to its NUL (or the field's end), then NULs */
+            size_t n = strnlen(r->app_name, len);
+            memcpy(p, r->app_name, n);
+            memset(p + n, 0, len - n);
+            break;
+        }
         default:
             clamped |= put_uint(p, field_value(r, f[i].field, boot_ms), len);
             break;

@@ -30,6 +30,11 @@
  *   dateTimeMilliseconds); ENC_F_START_UPTIME/END_UPTIME are ms since the
  *   virtual boot time `boot_ms` given by the caller (NetFlow v5/v9
  *   First/LastSwitched), truncated to 32 bits.
+ *
+ * Strings
+ *   ENC_F_APP_NAME is the one string: the record's label (ASCII, at most 46
+ *   bytes, NUL-terminated in the record) copied up to the field's length and
+ *   padded with NULs; "" (all NULs) when the record carries no label.
  */
 
 /* The ft_record fields an encoder can emit. */
@@ -60,7 +65,12 @@ enum enc_field_id {
     ENC_F_ICMP_TYPE_CODE = 23, /* type << 8 | code for ICMP/ICMPv6, else 0 */
     ENC_F_SRC_MAC = 24,
     ENC_F_DST_MAC = 25,
-    ENC_F_COUNT = 26
+    /* Application (nDPI; zero when the record has none, see ft_records.h) */
+    ENC_F_APP_NAME = 26,       /* app_name as a fixed-length string: the label,
+                                * NUL-padded to the field's length (1..46) */
+    ENC_F_APP_MASTER = 27,     /* nDPI master protocol id */
+    ENC_F_APP_ID = 28,         /* nDPI app protocol id (the most specific one) */
+    ENC_F_COUNT = 29
 };
 
 struct enc_field {

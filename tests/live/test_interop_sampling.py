@@ -13,6 +13,7 @@ import pytest
 
 import synth
 from collectors import nfacctd, nfcapd
+from flowprobe.config.schema import FlowConfig
 from flowprobe.exporters import templates
 from test_run import final_stats, start_probe
 
@@ -283,7 +284,8 @@ def test_nfdump_sequence_failures_with_periodic_options(ns, tmp_path):
                 stop_probe(proc)
     finally:
         lo.stop()
-    t4, t6 = templates.ipfix_flow_templates()
+    # the probe runs with the default flow.dpi: its templates carry the application
+    t4, t6 = templates.ipfix_flow_templates(application=FlowConfig().dpi)
     messages = udp_payloads(tmp_path / "export.pcap", ports["ipfix"])
     predicted, options_msgs = nfdump_ipfix_sequence_failures(
         messages, {t4.template_id: t4.record_length, t6.template_id: t6.record_length})

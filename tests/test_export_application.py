@@ -1,0 +1,184 @@
+"""The application of a flow (nDPI's label and ids) in every export format:
+IPFIX and NetFlow v9 templates carry applicationName (IE 96) and ntop's
+L7_PROTO (35632/118, v9 57590) only when the engine runs DPI (flow.dpi);
+tshark shows them and nfcapd/nfdump decode the stream with no warning;
+NetFlow v5 has no room for them."""
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import random
+import re
+import struct
+import subprocess
+
+import pytest
+
+from collectors import nfcapd
+from export_pcap import UdpRecorder, write_pcap
+from flowprobe.config import load_config_text
+from flowprobe.exporters import templates
+from flowprobe.exporters.base import EncoderConfig
+from flowprobe.exporters.exporter import build_exporters, exporters_for
+from flowprobe.exporters.ipfix import IpfixEncoder
+from flowprobe.exporters.netflow5 import Netflow5Encoder
+from flowprobe.exporters.netflow9 import Netflow9Encoder
+from records import FIXED, FIXED_APP, T0_NS, address, make_records
+from test_export_tshark import check_tshark, field_values
+
+ENCODERS = {"ipfix": IpfixEncoder, "netflow9": Netflow9Encoder}
+# nDPI 4.2 labels and ids (ndpi_protocol_ids.h), the longest a record holds last
+LABELS = [(91, 126, "TLS.Google"), (0, 5, "DNS"), (0, 7, "HTTP"), (188, 126, "QUIC.Google"),
+          (91, 178, "TLS.Amazon"), (0, 0, "Unknown"), (0, 92, "SSH"),
+          (7, 140, "HTTP.Direct_Download_Link"), (0, 37, "BitTorrent"),
+          (5, 124, "DNS." + "x" * 42)]
+
+
+def labelled_specs(n: int, seed: int) -> list[dict]:
+    """n records over IPv4 and IPv6 with every kind of application source."""
+    rng = random.Random(seed)
+    specs = []
+    for i in range(n):
+        v6 = i % 3 == 0
+        src = f"2001:db8::{i + 1:x}" if v6 else f"198.18.{i // 250}.{i % 250 + 1}"
+        dst = f"2001:db8:1::{i + 1:x}" if v6 else f"198.19.{i // 250}.{i % 250 + 1}"
+        first = T0_NS + rng.randrange(10**10)
+        spec = dict(src=src, dst=dst, protocol=rng.choice((6, 17)), src_port=40000 + i % 1000,
+                    dst_port=rng.choice((53, 80, 443)), packets=rng.randrange(1, 100),
+                    octets=rng.randrange(40, 100000), first_ns=first,
+                    last_ns=first + rng.randrange(10**9), end_reason=1)
+        source = rng.choice((1, 1, 1, 2, 3, 4))
+        if source in (1, 2):
+            master, app, name = rng.choice(LABELS)
+            spec.update(app_master=master, app_id=app, app_source=source, app_name=name)
+        elif source == 4:
+            spec.update(app_source=4, app_name="Unknown")
+        else:
+            spec.update(app_source=3)
+        specs.append(spec)
+    return specs
+
+
+def label(spec: dict) -> str:
+    return spec.get("app_name", "")
+
+
+def encode(name: str, specs: list[dict], application: bool = True) -> list[bytes]:
+    enc = ENCODERS[name](EncoderConfig(domain_id=7, application=application))
+    arr = make_records(specs)
+    return [enc.template_message()] + [m for m, _ in enc.encode(address(arr), len(specs))]
+
+
+# -- templates ----------------------------------------------------------------
+
+def test_flow_dpi_decides_whether_templates_carry_the_application(tmp_path):
+    """With flow.dpi (the default) the IPFIX and v9 flow templates end with
+    applicationName and L7_PROTO; with `flow.dpi: false` they are the
+    templates of before DPI, field for field."""
+    for text, want in (("", True), ("flow:\n  dpi: false\n", False)):
+        cfg = load_config_text(text, "t")
+        for scheme, plain in (("ipfix", templates.ipfix_flow_templates()),
+                              ("netflow9", templates.v9_flow_templates())):
+            (exp,) = exporters_for(cfg, [f"{scheme}://127.0.0.1:9"], open_now=False)
+            got = exp.encoder.templates
+            if want:
+                assert [t.fields[:-2] for t in got] == [t.fields for t in plain]
+                assert [f.name for f in got[0].fields[-2:]] == ["applicationName", "L7_PROTO"]
+            else:
+                assert got == plain
+
+
+def test_template_records_name_ie_96_and_ntops_l7_proto():
+    """IPFIX: IE 96 in 46 bytes, then enterprise element 118 of PEN 35632 in
+    2; NetFlow v9: field types 96 and 57590 (ntop's v9 id) of the same lengths."""
+    ipfix_tmpl = IpfixEncoder(EncoderConfig(application=True)).template_message()
+    assert struct.pack("!HH", 96, 46) + struct.pack("!HHI", 0x8000 | 118, 2, 35632) in ipfix_tmpl
+    v9_tmpl = Netflow9Encoder(EncoderConfig(application=True)).template_message()
+    assert struct.pack("!HHHH", 96, 46, 57590, 2) in v9_tmpl
+
+
+def test_without_dpi_messages_are_unchanged():
+    """application=False: every message equals the one of an encoder that
+    never heard of DPI, labelled records or not (the golden tests pin those)."""
+    for name in ENCODERS:
+        assert encode(name, FIXED_APP, application=False) == encode(name, FIXED,
+                                                                    application=False)
+
+
+def test_netflow5_has_no_application():
+    """v5's fixed 48-byte record is the same with or without a label."""
+    enc = lambda specs: [m for m, _ in Netflow5Encoder(EncoderConfig()).encode(  # noqa: E731
+        address(make_records(specs)), len(specs))]
+    assert enc(FIXED_APP) == enc(FIXED)
+
+
+def test_longest_label_is_whole_and_padding_is_nul():
+    """A 46-byte label fills the field exactly; a short one is NUL-padded."""
+    specs = [dict(FIXED_APP[0], app_name="A" * 46), dict(FIXED_APP[0], app_name="DNS")]
+    msg = encode("ipfix", specs)[1]
+    assert b"A" * 46 in msg and b"DNS" + b"\0" * 43 in msg
+
+
+# -- tshark -------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", sorted(ENCODERS))
+def test_tshark_shows_the_application_with_no_warning(scheme, tmp_path):
+    """Labelled records exported over UDP: every datagram is clean cflow
+    (no malformed packet, no expert warning), and tshark's applicationName
+    and ntop L7_PROTO values are the records' labels and app ids."""
+    specs = FIXED_APP + labelled_specs(1000, seed=7)
+    rec = UdpRecorder()
+    try:
+        exps = build_exporters([{"url": f"{scheme}://127.0.0.1:{rec.port}", "rate_msgs_s": 0}],
+                               application=True)
+        arr = make_records(specs)
+        exps.sink(address(arr), len(specs))
+        exps.close()
+    finally:
+        datagrams = rec.stop()
+    pcap = tmp_path / f"{scheme}-app.pcap"
+    write_pcap(pcap, datagrams, rec.port)
+    check_tshark(pcap, rec.port, len(datagrams))
+    names = collections.Counter(field_values(pcap, rec.port, "cflow.appl_name"))
+    assert names == collections.Counter(label(s) for s in specs if label(s))
+    ids = collections.Counter(int(v) for v in field_values(pcap, rec.port,
+                                                           "cflow.pie.ntop.l7_proto"))
+    assert ids == collections.Counter(s.get("app_id", 0) for s in specs)
+
+
+# -- nfcapd / nfdump ----------------------------------------------------------
+
+NFCAPD_NOISE = re.compile(r"(?i)warn|error|fail|skip|unknown|malformed|corrupt")
+
+
+@pytest.mark.parametrize("scheme", sorted(ENCODERS))
+def test_nfcapd_decodes_labelled_records_with_no_warning(scheme, tmp_path):
+    """nfcapd takes every labelled record (it skips the application fields
+    it does not store) with exact counters, logs no warning, and nfdump
+    reads the file with no sequence failure and nothing on stderr."""
+    specs = FIXED_APP + labelled_specs(1000, seed=11)
+    nfdir = tmp_path / "nf"
+    with nfcapd(nfdir) as port:
+        exps = build_exporters([{"url": f"{scheme}://127.0.0.1:{port}", "rate_msgs_s": 2000}],
+                               application=True)
+        arr = make_records(specs)
+        exps.sink(address(arr), len(specs))
+        exps.close()
+    (log,) = glob.glob(str(tmp_path / "nfcapd-*.log"))
+    text = open(log).read()
+    noisy = [ln for ln in text.splitlines()
+             if NFCAPD_NOISE.search(ln) and "Sequence Errors: 0, Bad Packets: 0" not in ln]
+    assert not noisy, text
+    out = subprocess.run(["nfdump", "-R", str(nfdir), "-q", "-N", "-6", "-o",
+                          "fmt:%sa|%da|%sp|%pkt|%byt"], capture_output=True, text=True,
+                         env={**os.environ, "TZ": "UTC"})
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    got = sorted(tuple(x.strip() for x in ln.split("|")) for ln in out.stdout.splitlines()
+                 if ln.strip())
+    want = sorted((s["src"], s["dst"], str(s.get("src_port", 0)), str(s["packets"]),
+                   str(s["octets"])) for s in specs)
+    assert got == want
+    info = subprocess.run(["nfdump", "-I", "-R", str(nfdir)], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Sequence failures: 0" in info, info
