@@ -1,12 +1,14 @@
 """The application of a flow (nDPI's label and ids) in every export format:
 IPFIX and NetFlow v9 templates carry applicationName (IE 96) and ntop's
 L7_PROTO (35632/118, v9 57590) only when the engine runs DPI (flow.dpi);
-tshark shows them and nfcapd/nfdump decode the stream with no warning;
-NetFlow v5 has no room for them."""
+tshark shows them and nfcapd/nfdump decode the stream with no warning; the
+project's collector prints them; JSON lines carry applicationName,
+ndpiMasterProtocol and ndpiAppProtocol; NetFlow v5 has no room for them."""
 from __future__ import annotations
 
 import collections
 import glob
+import json
 import os
 import random
 import re
@@ -19,6 +21,7 @@ from collectors import nfcapd
 from export_pcap import UdpRecorder, write_pcap
 from flowprobe.config import load_config_text
 from flowprobe.exporters import templates
+from flowprobe.exporters._encode import ffi, lib
 from flowprobe.exporters.base import EncoderConfig
 from flowprobe.exporters.exporter import build_exporters, exporters_for
 from flowprobe.exporters.ipfix import IpfixEncoder
@@ -182,3 +185,53 @@ def test_nfcapd_decodes_labelled_records_with_no_warning(scheme, tmp_path):
     info = subprocess.run(["nfdump", "-I", "-R", str(nfdir)], capture_output=True,
                           text=True, check=True).stdout
     assert "Sequence failures: 0" in info, info
+
+
+# -- JSON lines ---------------------------------------------------------------
+
+def jsonl(specs: list[dict]) -> list[str]:
+    arr = make_records(specs)
+    buf = ffi.new("char[]", lib.JSONL_LINE_MAX)
+    out = []
+    for i in range(len(specs)):
+        n = lib.jsonl_format(address(arr) + i * ffi.sizeof("struct ft_record"), buf)
+        out.append(ffi.buffer(buf, n)[:].decode("ascii"))
+    return out
+
+
+def test_jsonl_carries_the_application_when_inspected():
+    """applicationName, ndpiMasterProtocol, ndpiAppProtocol close the line
+    of every record with an application source; records without one
+    (DPI off) are the lines of before."""
+    lines = jsonl(FIXED_APP)
+    objs = [json.loads(line) for line in lines]
+    got = [(o.get("applicationName"), o.get("ndpiMasterProtocol"), o.get("ndpiAppProtocol"))
+           for o in objs]
+    assert got == [("TLS.Google", 91, 126), ("Unknown", 0, 0), ("DNS", 0, 5), ("", 0, 0)]
+    assert list(objs[0])[-3:] == ["applicationName", "ndpiMasterProtocol", "ndpiAppProtocol"]
+    assert jsonl(FIXED) == [re.sub(r',"applicationName".*}', "}", line) for line in lines]
+    assert all("applicationName" not in line for line in jsonl(FIXED))
+
+
+def test_jsonl_escapes_the_label():
+    """A label with quotes, backslashes, control and non-ASCII bytes still
+    makes one valid JSON line, written as json.dumps writes its latin-1 text."""
+    raw = b'a"b\\c\nd\te\x01f\xe9g\x7f'
+    (line,) = jsonl([dict(FIXED_APP[0], app_name=raw)])
+    assert json.loads(line)["applicationName"] == raw.decode("latin-1")
+    assert '"applicationName":' + json.dumps(raw.decode("latin-1")) + "," in line
+
+
+def test_jsonl_longest_line_fits():
+    """Two full IPv6 addresses, every optional key and a 46-byte label of
+    bytes escaped as \\u00XX stay under JSONL_LINE_MAX."""
+    worst = dict(src="2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+                 dst="2001:db8:ffff:ffff:ffff:ffff:ffff:fffe", protocol=58,
+                 src_port=65535, dst_port=65535, tos=255, tcp_flags=255,
+                 packets=2**64 - 1, octets=2**64 - 1, first_ns=2**64 - 1, last_ns=2**64 - 1,
+                 ifindex=2**32 - 1, vlan=4095, inner_vlan=4095, ttl_min=255, ttl_max=255,
+                 end_reason=255, src_mac="ff:ff:ff:ff:ff:ff", dst_mac="ff:ff:ff:ff:ff:ff",
+                 app_master=65535, app_id=65535, app_source=1, app_name=b"\x01" * 46)
+    (line,) = jsonl([worst])
+    assert len(line) < lib.JSONL_LINE_MAX
+    assert json.loads(line)["applicationName"] == "\x01" * 46
