@@ -14,11 +14,14 @@ import random
 import re
 import struct
 import subprocess
+import sys
 
 import pytest
 
 from collectors import nfcapd
 from export_pcap import UdpRecorder, write_pcap
+from flowprobe.collector.cli import _application
+from flowprobe.collector.decode import MessageDecoder
 from flowprobe.config import load_config_text
 from flowprobe.exporters import templates
 from flowprobe.exporters._encode import ffi, lib
@@ -121,6 +124,50 @@ def test_longest_label_is_whole_and_padding_is_nul():
     specs = [dict(FIXED_APP[0], app_name="A" * 46), dict(FIXED_APP[0], app_name="DNS")]
     msg = encode("ipfix", specs)[1]
     assert b"A" * 46 in msg and b"DNS" + b"\0" * 43 in msg
+
+
+# -- the project's collector --------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_collector_decodes_the_application(name):
+    """The built-in collector gives each flow its label (applicationName,
+    padding removed) and nDPI app id (ndpiAppProtocol, from 35632/118 in
+    IPFIX and type 57590 in v9), and its table shows them."""
+    specs = labelled_specs(300, seed=3)
+    dec = MessageDecoder()
+    flows = [r for m in encode(name, specs) for r in dec.decode(m, ("127.0.0.1", 40000))]
+    assert dec.counters["malformed_messages"] == 0 and len(flows) == len(specs)
+    by_src = {r.get("sourceIPv4Address") or r.get("sourceIPv6Address"): r for r in flows}
+    for s in specs:
+        r = by_src[s["src"]]
+        assert r["applicationName"] == label(s)
+        assert r["ndpiAppProtocol"] == s.get("app_id", 0)
+    row = _application({"applicationName": "TLS.Google", "ndpiAppProtocol": 126})
+    assert row == "TLS.Google/126" and _application({}) == "-"
+
+
+def test_collect_cli_prints_the_application(tmp_path):
+    """`flowprobe collect --file` of an IPFIX file written by the exporter:
+    JSON lines carry applicationName and ndpiAppProtocol, the table shows
+    "label/id" in its application column."""
+    path = tmp_path / "app.ipfix"
+    exps = build_exporters([f"ipfix+file://{path}"], application=True)
+    arr = make_records(FIXED_APP)
+    exps.sink(address(arr), len(FIXED_APP))
+    exps.close()
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "flowprobe", "collect", "--file", str(path), *a],
+        capture_output=True, text=True, timeout=60)
+    flows = [json.loads(ln) for ln in run().stdout.splitlines()]
+    flows = [f for f in flows if not f.get("_options")]
+    got = {(f.get("sourceIPv4Address") or f.get("sourceIPv6Address")):
+           (f["applicationName"], f["ndpiAppProtocol"]) for f in flows}
+    assert got == {"198.18.0.1": ("TLS.Google", 126), "2001:db8::1": ("Unknown", 0),
+                   "198.18.0.3": ("DNS", 5), "198.18.0.5": ("", 0)}
+    rows = run("--format", "table").stdout.splitlines()
+    assert rows[0].split()[-1] == "application"
+    assert sorted(r.split()[-1] for r in rows[1:] if not r.startswith("#")) == [
+        "-/0", "DNS/5", "TLS.Google/126", "Unknown/0"]
 
 
 # -- tshark -------------------------------------------------------------------
