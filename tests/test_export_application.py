@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from collectors import nfcapd
+from collectors import nfacctd, nfcapd
 from export_pcap import UdpRecorder, write_pcap
 from flowprobe.collector.cli import _application
 from flowprobe.collector.decode import MessageDecoder
@@ -232,6 +232,29 @@ def test_nfcapd_decodes_labelled_records_with_no_warning(scheme, tmp_path):
     info = subprocess.run(["nfdump", "-I", "-R", str(nfdir)], capture_output=True,
                           text=True, check=True).stdout
     assert "Sequence failures: 0" in info, info
+
+
+@pytest.mark.parametrize("scheme", sorted(ENCODERS))
+def test_nfacctd_takes_labelled_records_silently(scheme, tmp_path):
+    """pmacct's nfacctd learns the flow templates with the application
+    fields, logs nothing, and totals every labelled record exactly."""
+    specs = labelled_specs(1000, seed=13)
+    with nfacctd(tmp_path / "nfacctd") as coll:
+        exps = build_exporters([{"url": f"{scheme}://127.0.0.1:{coll.port}",
+                                 "rate_msgs_s": 2000}], application=True)
+        arr = make_records(specs)
+        exps.sink(address(arr), len(specs))
+        exps.close()
+        coll.drain()
+        logged = coll.log_since_start()
+    assert logged == "", logged[:2000]
+    learned = {tid for _sid, tid, kind in coll.learned_templates() if kind == 0}
+    assert learned == {templates.TID_FLOW4, templates.TID_FLOW6}
+    want = collections.Counter()
+    for s in specs:
+        key = (s["src"], s["dst"], s["src_port"], s["dst_port"], s["protocol"], 0)
+        want[key] += s["packets"]
+    assert {k: p for k, (p, _b) in coll.flows().items()} == dict(want)
 
 
 # -- JSON lines ---------------------------------------------------------------
