@@ -180,7 +180,7 @@ def _application_fields() -> tuple:
       NULs when the flow was not inspected. Fixed length APP_NAME_LEN, NUL-
       padded: our encoder writes fixed-length records only, and tshark
       (cflow.appl_name) and nfdump/nfacctd (which skip it) decode a fixed
-      string cleanly. Variable-length encoding would save ~30 bytes a record
+      string cleanly. Variable-length encoding would save ~35 bytes a record
       but needs a second, per-record-length path in the C encoder.
     - ntop's L7_PROTO (PEN 35632 id 118; NetFlow v9 type 57590), 2 bytes,
       numeric, as nProbe exports it ("[NFv9 57590][IPFIX 35632.118][Len 2]
