@@ -40,9 +40,11 @@ V9_SCOPE_SYSTEM = 1
 NTOP_PEN = 35632
 NTOP_BASE_ID = 57472
 NTOP_L7_PROTO = 118
-# applicationName's fixed length: the longest label struct ft_record holds
-# (app_name[47] less its NUL; encode.c checks it), so nothing is truncated.
+# applicationName's fixed length (NetFlow v9): the longest label struct
+# ft_record holds (app_name[47] less its NUL; encode.c checks it), so
+# nothing is truncated. IPFIX sends it variable-length (VARLEN).
 APP_NAME_LEN = 46
+VARLEN = 65535              # RFC 7011 section 7; encode.h ENC_VARLEN
 
 
 def ie(name: str):
@@ -75,12 +77,13 @@ class Field:
 
 
 def field(name: str, source: str, length: int | None = None) -> Field:
-    """An IANA IE. A variable-length one (a string) needs an explicit fixed
-    `length`: the encoder writes fixed-length records only."""
+    """An IANA IE. A variable-length one (a string) needs an explicit
+    `length`: a fixed one, or VARLEN (IPFIX only; the encoder takes it for
+    the application label alone)."""
     e = ie(name)
-    if e.length == 65535:
+    if e.length == VARLEN:
         if length is None:
-            raise ValueError(f"{name}: variable-length IE needs a fixed length")
+            raise ValueError(f"{name}: variable-length IE needs a length (or VARLEN)")
         return Field(name, e.num, length, source)
     n = e.length if length is None else length
     if n > e.length:
@@ -97,7 +100,13 @@ class Template:
 
     @property
     def record_length(self) -> int:
-        return sum(f.length for f in self.fields)
+        """Bytes a record takes; with variable-length fields, the least
+        (each such field its length byte alone)."""
+        return sum(1 if f.length == VARLEN else f.length for f in self.fields)
+
+    @property
+    def variable_length(self) -> bool:
+        return any(f.length == VARLEN for f in self.fields)
 
     def ipfix_record(self) -> bytes:
         """The (options) template record of RFC 7011 section 3.4."""
@@ -172,16 +181,18 @@ def _flow_fields(v6: bool, ipfix_times: bool, narrow: bool) -> tuple:
     return tuple(out)
 
 
-def _application_fields() -> tuple:
+def _application_fields(ipfix: bool) -> tuple:
     """The application of a flow (nDPI), the same in IPFIX and NetFlow v9:
 
     - IANA applicationName (IE 96, a string; Cisco's v9 APPLICATION_NAME is
-      the same type 96): nDPI's label, "TLS.Google", "DNS", "Unknown"; all
-      NULs when the flow was not inspected. Fixed length APP_NAME_LEN, NUL-
-      padded: our encoder writes fixed-length records only, and tshark
-      (cflow.appl_name) and nfdump/nfacctd (which skip it) decode a fixed
-      string cleanly. Variable-length encoding would save ~35 bytes a record
-      but needs a second, per-record-length path in the C encoder.
+      the same type 96): nDPI's label, "TLS.Google", "DNS", "Unknown"; empty
+      when the flow was not inspected. IPFIX: variable-length (RFC 7011
+      section 7, one length byte: a label is at most 46 bytes), so a record
+      takes 1 + the label's length (~9 bytes, where a fixed 46 would add 46
+      to every record and cut a message's records by 40%). NetFlow v9 has
+      no variable length: fixed APP_NAME_LEN bytes, NUL-padded. tshark
+      (cflow.appl_name) shows both; nfdump and nfacctd skip the field
+      cleanly.
     - ntop's L7_PROTO (PEN 35632 id 118; NetFlow v9 type 57590), 2 bytes,
       numeric, as nProbe exports it ("[NFv9 57590][IPFIX 35632.118][Len 2]
       %L7_PROTO", nProbe's template list; tshark: cflow.pie.ntop.l7_proto,
@@ -193,19 +204,19 @@ def _application_fields() -> tuple:
       could collide with theirs, so the master goes out inside the label
       ("TLS.Google"); ntopng's ZMQ feed has both ids ("91.126").
     """
-    return (field("applicationName", "APP_NAME", APP_NAME_LEN),
+    return (field("applicationName", "APP_NAME", VARLEN if ipfix else APP_NAME_LEN),
             Field("L7_PROTO", NTOP_L7_PROTO, 2, "APP_ID", NTOP_PEN))
 
 
 def ipfix_flow_templates(application: bool = False) -> tuple:
     """application: append the application fields (the flow engine runs DPI)."""
-    app = _application_fields() if application else ()
+    app = _application_fields(True) if application else ()
     return (Template(TID_FLOW4, _flow_fields(False, True, False) + app),
             Template(TID_FLOW6, _flow_fields(True, True, False) + app))
 
 
 def v9_flow_templates(application: bool = False) -> tuple:
-    app = _application_fields() if application else ()
+    app = _application_fields(False) if application else ()
     return (Template(TID_FLOW4, _flow_fields(False, False, True) + app),
             Template(TID_FLOW6, _flow_fields(True, False, True) + app))
 

@@ -96,10 +96,12 @@ def test_flow_dpi_decides_whether_templates_carry_the_application(tmp_path):
 
 
 def test_template_records_name_ie_96_and_ntops_l7_proto():
-    """IPFIX: IE 96 in 46 bytes, then enterprise element 118 of PEN 35632 in
-    2; NetFlow v9: field types 96 and 57590 (ntop's v9 id) of the same lengths."""
+    """IPFIX: IE 96 variable-length (65535), then enterprise element 118 of
+    PEN 35632 in 2 bytes; NetFlow v9: field type 96 in 46 bytes and 57590
+    (ntop's v9 id) in 2."""
     ipfix_tmpl = IpfixEncoder(EncoderConfig(application=True)).template_message()
-    assert struct.pack("!HH", 96, 46) + struct.pack("!HHI", 0x8000 | 118, 2, 35632) in ipfix_tmpl
+    assert (struct.pack("!HH", 96, 65535) + struct.pack("!HHI", 0x8000 | 118, 2, 35632)
+            in ipfix_tmpl)
     v9_tmpl = Netflow9Encoder(EncoderConfig(application=True)).template_message()
     assert struct.pack("!HHHH", 96, 46, 57590, 2) in v9_tmpl
 
@@ -119,11 +121,18 @@ def test_netflow5_has_no_application():
     assert enc(FIXED_APP) == enc(FIXED)
 
 
-def test_longest_label_is_whole_and_padding_is_nul():
-    """A 46-byte label fills the field exactly; a short one is NUL-padded."""
-    specs = [dict(FIXED_APP[0], app_name="A" * 46), dict(FIXED_APP[0], app_name="DNS")]
+def test_labels_are_whole_varlen_in_ipfix_and_padded_in_v9():
+    """IPFIX: a length byte and the label (46 bytes at most, none for a
+    flow not inspected), so records differ in length; v9: a 46-byte label
+    fills the field exactly, a short one is NUL-padded."""
+    specs = [dict(FIXED_APP[0], app_name="A" * 46), dict(FIXED_APP[0], app_name="DNS"),
+             dict(FIXED_APP[0], app_source=3, app_master=0, app_id=0, app_name="")]
+    fixed = templates.ipfix_flow_templates()[0].record_length
     msg = encode("ipfix", specs)[1]
-    assert b"A" * 46 in msg and b"DNS" + b"\0" * 43 in msg
+    assert b"\x2e" + b"A" * 46 + b"\x00\x7e" in msg and b"\x03DNS\x00\x7e" in msg
+    assert struct.unpack_from("!HH", msg, 16) == (256, 4 + 3 * (fixed + 1 + 2) + 46 + 3)
+    msg = encode("netflow9", specs)[1]
+    assert b"A" * 46 + b"\x00\x7e" in msg and b"DNS" + b"\0" * 43 + b"\x00\x7e" in msg
 
 
 # -- the project's collector --------------------------------------------------
