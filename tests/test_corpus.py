@@ -61,7 +61,8 @@ def test_captures_under_asan_ubsan(sanitizer_build, synthetic_captures):
 
 
 def test_parser_fuzz_short_run(sanitizer_build, synthetic_captures, tmp_path):
-    """libFuzzer on the parser and table finds nothing in a short CI run."""
+    """libFuzzer on the parser, the table and the nDPI stage behind it
+    finds nothing in a short CI run."""
     seeds = tmp_path / "seeds"
     seeds.mkdir()
     for i, p in enumerate([*synthetic_captures, *CAPTURES[:40]]):  # packet bytes
