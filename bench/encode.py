@@ -1,6 +1,8 @@
 """Records encoded per second per core, per format (C encoder + Python
 message framing, no transport). Prints one line per format; ``ntopng-tlv``
-is the ZeroMQ feed's TLV payloads (exporters/tlv.c), 32 records a message.
+is the ZeroMQ feed's TLV payloads (exporters/tlv.c), 32 records a message;
+``+app`` is the same format with the application (DPI on: IPFIX/v9
+applicationName and L7_PROTO, ntopng's L7_PROTO) on labelled records.
 
     python3 bench/encode.py [--records N] [--repeat R] [--mtu M]
 """
@@ -22,7 +24,11 @@ from flowprobe.exporters.ntopng import NtopngEncoder  # noqa: E402
 T0 = 1685577600 * 10**9
 
 
-def records(n, v6_share, seed=1):
+LABELS = [(91, 126, b"TLS.Google"), (0, 5, b"DNS"), (0, 7, b"HTTP"),
+          (188, 126, b"QUIC.Google")]
+
+
+def records(n, v6_share, seed=1, labelled=False):
     rng = random.Random(seed)
     arr = ffi.new("struct ft_record[]", n)
     for i in range(n):
@@ -42,6 +48,10 @@ def records(n, v6_share, seed=1):
         r.first_ns = T0 + i * 1000
         r.last_ns = r.first_ns + 10**9
         r.end_reason = 1
+        if labelled:
+            r.app_master, r.app_id, name = LABELS[i % len(LABELS)]
+            r.app_source = 1
+            ffi.memmove(r.app_name, name, len(name))
     return arr
 
 
@@ -49,12 +59,13 @@ class NtopngTlv(NtopngEncoder):
     """The ntopng encoder with this bench's constructor."""
     name = "ntopng-tlv"
 
-    def __init__(self, _cfg):
-        super().__init__(zmq_format="tlv", records_per_message=32)
+    def __init__(self, cfg):
+        super().__init__(zmq_format="tlv", records_per_message=32,
+                         application=cfg.application)
 
 
-def bench(cls, arr, n, repeat, mtu):
-    enc = cls(EncoderConfig(mtu=mtu))
+def bench(cls, arr, n, repeat, mtu, application=False):
+    enc = cls(EncoderConfig(mtu=mtu, application=application))
     addr = int(ffi.cast("uintptr_t", arr))
     best = 0.0
     for _ in range(repeat):
@@ -78,6 +89,12 @@ def main():
         for cls in (Netflow5Encoder, Netflow9Encoder, IpfixEncoder, NtopngTlv):
             rate = bench(cls, arr, a.records, a.repeat, a.mtu)
             print(f"encode {cls.name:<10} mtu={a.mtu} ipv6={v6_share:.0%}: "
+                  f"{rate / 1e6:6.2f} M records/s per core")
+        arr = records(a.records, v6_share, labelled=True)
+        for cls in (Netflow9Encoder, IpfixEncoder, NtopngTlv):
+            rate = bench(cls, arr, a.records, a.repeat, a.mtu, application=True)
+            name = cls.name + "+app"
+            print(f"encode {name:<10} mtu={a.mtu} ipv6={v6_share:.0%}: "
                   f"{rate / 1e6:6.2f} M records/s per core")
 
 

@@ -5,7 +5,9 @@
                       [--timeout S] [--idle-timeout S] [limits, see --help]
 
 stdout: one line per record. JSON lines keyed by IANA IE names (as
-`flowprobe replay --json`); options records are on the same stream with
+`flowprobe replay --json`; the application as `applicationName` (IE 96) and,
+from ntop's L7_PROTO (IPFIX 35632/118, v9 57590), `ndpiAppProtocol`);
+options records are on the same stream with
 `"_options": true`. stderr: structlog warnings (template errors, sequence
 gaps, unknown or malformed sets) and, at exit, one `collector_summary` JSON
 line with every counter.
@@ -42,8 +44,8 @@ of sequence states; measured under floods, see the README). The kernel's UDP dro
 (transport_udp_kernel_drops), and so is a receive buffer the kernel clamped
 (transport_udp_rcvbuf)."""
 
-_TABLE_HEAD = "%-23s %-23s %-5s %-45s %-45s %10s %12s" % (
-    "start", "end", "proto", "src", "dst", "packets", "octets")
+_TABLE_HEAD = "%-23s %-23s %-5s %-45s %-45s %10s %12s %s" % (
+    "start", "end", "proto", "src", "dst", "packets", "octets", "application")
 
 
 def add_parser(subparsers):
@@ -172,9 +174,23 @@ def _print_row(rec: dict, out) -> None:
         return
     src = rec.get("sourceIPv4Address") or rec.get("sourceIPv6Address") or "-"
     dst = rec.get("destinationIPv4Address") or rec.get("destinationIPv6Address") or "-"
-    out.write("%-23s %-23s %-5s %-45s %-45s %10s %12s\n" % (
+    out.write("%-23s %-23s %-5s %-45s %-45s %10s %12s %s\n" % (
         _ms(rec.get("flowStartMilliseconds")), _ms(rec.get("flowEndMilliseconds")),
         rec.get("protocolIdentifier", "-"),
         "%s:%s" % (src, rec.get("sourceTransportPort", 0)),
         "%s:%s" % (dst, rec.get("destinationTransportPort", 0)),
-        rec.get("packetDeltaCount", "-"), rec.get("octetDeltaCount", "-")))
+        rec.get("packetDeltaCount", "-"), rec.get("octetDeltaCount", "-"),
+        _application(rec)))
+
+
+def _application(rec: dict) -> str:
+    """The nDPI label (IPFIX/v9 applicationName, e.g. "TLS.Google") with
+    ntop's L7_PROTO id when the exporter sent one ("TLS.Google/126"); "-"
+    stands for a missing or empty label (a flow not inspected: "-/0")."""
+    name = rec.get("applicationName") or ""
+    app_id = rec.get("ndpiAppProtocol")
+    if not name and app_id is None:
+        return "-"
+    if app_id is None:
+        return name.replace(" ", "_") or "-"
+    return "%s/%d" % (name.replace(" ", "_") or "-", app_id)

@@ -26,6 +26,15 @@ import ipfix.types
 ipfix.ie.use_iana_default()
 ipfix.ie.use_5103_default()  # biflow reverse IEs (PEN 29305)
 
+# ntop's enterprise elements (PEN 35632) that flowprobe exports with the
+# application (exporters/templates.py): L7_PROTO, nDPI's app protocol id,
+# named as the JSON lines key of the same value. NetFlow v9 has no
+# enterprise numbers: nProbe (and flowprobe) send ntop's element N as field
+# type NTOP_BASE_ID + N (L7_PROTO: 57590), mapped back here.
+NTOP_PEN = 35632
+NTOP_BASE_ID = 57472
+ipfix.ie.for_spec("ndpiAppProtocol(35632/118)<unsigned16>[2]")
+
 VARLEN = 65535
 _EPOCH = datetime(1970, 1, 1)
 _NTP_OFFSET_S = 2208988800
@@ -34,6 +43,14 @@ _U32 = 0xFFFFFFFF
 # what datetime and most consumers can represent); a larger value is out of
 # range: the field is left out of its record, which is flagged (`_invalid`).
 MAX_DATETIME_MS = 253402300799999
+
+
+def _ntop_known(num: int) -> bool:
+    try:
+        ipfix.ie.for_spec("(%d/%d)" % (NTOP_PEN, num))
+    except (ValueError, KeyError):
+        return False
+    return True
 
 
 class DecodeError(Exception):
@@ -45,6 +62,8 @@ class ReceivedField:
     __slots__ = ("pen", "num", "length", "name", "type", "known")
 
     def __init__(self, pen: int, num: int, length: int, name: str | None = None):
+        if pen == 0 and NTOP_BASE_ID <= num < VARLEN and _ntop_known(num - NTOP_BASE_ID):
+            pen, num = NTOP_PEN, num - NTOP_BASE_ID    # v9: ntop's element
         self.pen, self.num, self.length = pen, num, length
         self.known = False
         if name:  # a v9 scope field: not an IANA IE, an unsigned integer
@@ -136,8 +155,8 @@ def _from_raw(typ: str, raw: bytes):
         return struct.unpack("!f", raw)[0]
     if typ == "boolean" and len(raw) == 1:
         return raw[0] == 1
-    if typ == "string":
-        return raw.decode("utf-8", "replace")
+    if typ == "string":   # a fixed-length string ends at its first NUL (padding)
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
     return raw.hex()
 
 
@@ -155,6 +174,8 @@ def _from_pkg(f: ReceivedField, v):
         return str(v)
     if isinstance(v, (bytes, bytearray, memoryview)):
         return _from_raw(f.type, bytes(v))
+    if isinstance(v, str):   # a fixed-length string ends at its first NUL (padding)
+        return v.split("\0", 1)[0]
     return v
 
 

@@ -33,6 +33,7 @@ class EncoderConfig:
     sampling_mode: str = "deterministic"    # or "random" (options.py)
     exporting_process_id: int = 0
     boot_margin_ms: int = DEFAULT_BOOT_MARGIN_MS
+    application: bool = False       # flow templates carry the application (flow.dpi)
 
 
 class EncodeError(RuntimeError):

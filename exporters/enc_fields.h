@@ -55,6 +55,10 @@ static inline uint64_t field_value(const struct ft_record *r, unsigned field,
         return r->ip_version;
     case ENC_F_ICMP_TYPE_CODE:
         return (r->protocol == ICMP4 || r->protocol == ICMP6) ? r->dst_port : 0;
+    case ENC_F_APP_MASTER:
+        return r->app_master;
+    case ENC_F_APP_ID:
+        return r->app_id;
     default:
         return 0;
     }

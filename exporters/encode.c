@@ -11,6 +11,10 @@
 #include "encode.h"
 #include "enc_fields.h"
 
+/* ENC_F_APP_NAME copies at most this many bytes: the label without its NUL */
+#define APP_NAME_MAX (sizeof(((struct ft_record *)0)->app_name) - 1)
+_Static_assert(APP_NAME_MAX == 46, "ft_record.app_name changed: update templates.py APP_NAME_LEN");
+
 /* Field lengths each source allows: addresses and MACs are fixed, numbers
  * may be reduced-size (1..8 bytes). */
 static int field_ok(const struct enc_field *f)
@@ -27,6 +31,8 @@ static int field_ok(const struct enc_field *f)
     case ENC_F_SRC_MAC:
     case ENC_F_DST_MAC:
         return f->length == 6;
+    case ENC_F_APP_NAME:
+        return (f->length >= 1 && f->length <= APP_NAME_MAX) || f->length == ENC_VARLEN;
     default:
         return f->field < ENC_F_COUNT && f->length >= 1 && f->length <= 8;
     }
@@ -36,8 +42,29 @@ uint32_t enc_record_length(const struct enc_field *fields, uint32_t n)
 {
     uint32_t len = 0;
     for (uint32_t i = 0; i < n; i++)
-        len += fields[i].length;
+        len += fields[i].length == ENC_VARLEN ? 1 : fields[i].length;
     return len;
+}
+
+/* The label's length in a variable-length field (RFC 7011 section 7: one
+ * length byte for 0..254; APP_NAME_MAX is below 255). */
+static inline size_t app_name_len(const struct ft_record *r)
+{
+    return strnlen(r->app_name, APP_NAME_MAX);
+}
+
+/* Bytes record r takes: the fixed length plus its variable-length values. */
+static inline size_t record_bytes(const struct ft_record *r, size_t fixed, uint32_t nvar)
+{
+    return fixed + (nvar ? nvar * app_name_len(r) : 0);
+}
+
+static uint32_t varlen_fields(const struct enc_field *fields, uint32_t n)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++)
+        k += fields[i].length == ENC_VARLEN;
+    return k;
 }
 
 /* Big-endian store of v in len bytes, saturating; returns 1 if clamped. */
@@ -58,13 +85,21 @@ static inline int put_uint(uint8_t *p, uint64_t v, unsigned len)
     return clamped;
 }
 
-/* Writes one record; returns 1 if any field saturated. */
-static int put_record(uint8_t *p, const struct ft_record *r,
+/* Writes one record at *pp and advances it; returns 1 if any field saturated. */
+static int put_record(uint8_t **pp, const struct ft_record *r,
                       const struct enc_field *f, uint32_t nf, uint64_t boot_ms)
 {
+    uint8_t *p = *pp;
     int clamped = 0;
     for (uint32_t i = 0; i < nf; i++) {
         unsigned len = f[i].length;
+        if (len == ENC_VARLEN) {        /* only ENC_F_APP_NAME (field_ok) */
+            len = (unsigned)app_name_len(r);
+            *p++ = (uint8_t)len;
+            memcpy(p, r->app_name, len);
+            p += len;
+            continue;
+        }
         switch (f[i].field) {
         case ENC_F_ZERO:
             memset(p, 0, len);
@@ -89,12 +124,20 @@ static int put_record(uint8_t *p, const struct ft_record *r,
             else
                 memset(p, 0, 6);
             break;
+        case ENC_F_APP_NAME: {
+            /* the label up to its NUL (or the field's end), then NULs */
+            size_t n = strnlen(r->app_name, len);
+            memcpy(p, r->app_name, n);
+            memset(p + n, 0, len - n);
+            break;
+        }
         default:
             clamped |= put_uint(p, field_value(r, f[i].field, boot_ms), len);
             break;
         }
         p += len;
     }
+    *pp = p;
     return clamped;
 }
 
@@ -110,11 +153,12 @@ static int fields_ok(const struct enc_field *f, uint32_t n)
     return 1;
 }
 
-static size_t set_bytes(size_t nrec, size_t rlen, size_t hdr, size_t align)
+/* A set of `nrec` records taking `rbytes` bytes, with header and padding. */
+static size_t set_bytes(size_t nrec, size_t rbytes, size_t hdr, size_t align)
 {
     if (nrec == 0)
         return 0;
-    size_t len = hdr + nrec * rlen;
+    size_t len = hdr + rbytes;
     return (len + align - 1) / align * align;
 }
 
@@ -149,8 +193,10 @@ int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
     const struct ft_record *recs = (const struct ft_record *)records;
     size_t len4 = enc_record_length(lay->fields4, lay->nfields4);
     size_t len6 = enc_record_length(lay->fields6, lay->nfields6);
+    uint32_t var4 = varlen_fields(lay->fields4, lay->nfields4);
+    uint32_t var6 = varlen_fields(lay->fields6, lay->nfields6);
     size_t hdr = lay->set_hdr ? 4 : 0;
-    size_t n4 = 0, n6 = 0, skipped = 0, i = 0;
+    size_t n4 = 0, n6 = 0, bytes4 = 0, bytes6 = 0, skipped = 0, i = 0;
 
     for (; i < n; i++) {
         int v6 = recs[i].ip_version == 6;
@@ -161,32 +207,31 @@ int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
         if (lay->max_records && n4 + n6 >= lay->max_records)
             break;
         size_t a = n4 + !v6, b = n6 + v6;
-        if (set_bytes(a, len4, hdr, align) + set_bytes(b, len6, hdr, align) > cap)
+        size_t ba = bytes4 + (v6 ? 0 : record_bytes(&recs[i], len4, var4));
+        size_t bb = bytes6 + (v6 ? record_bytes(&recs[i], len6, var6) : 0);
+        if (set_bytes(a, ba, hdr, align) + set_bytes(b, bb, hdr, align) > cap)
             break;
         n4 = a;
         n6 = b;
+        bytes4 = ba;
+        bytes6 = bb;
     }
     size_t k = i;                  /* records consumed */
 
     uint8_t *p4 = buf + hdr;
-    size_t off6 = set_bytes(n4, len4, hdr, align);
+    size_t off6 = set_bytes(n4, bytes4, hdr, align);
     uint8_t *p6 = buf + off6 + hdr;
     for (i = 0; i < k; i++) {
         const struct ft_record *r = &recs[i];
         int v6 = r->ip_version == 6;
         if ((v6 ? lay->set_id6 : lay->set_id4) == 0)
             continue;
-        int c;
-        if (v6) {
-            c = put_record(p6, r, lay->fields6, lay->nfields6, lay->boot_ms);
-            p6 += len6;
-        } else {
-            c = put_record(p4, r, lay->fields4, lay->nfields4, lay->boot_ms);
-            p4 += len4;
-        }
-        res->clamped += c;
+        if (v6)
+            res->clamped += put_record(&p6, r, lay->fields6, lay->nfields6, lay->boot_ms);
+        else
+            res->clamped += put_record(&p4, r, lay->fields4, lay->nfields4, lay->boot_ms);
     }
-    size_t total = off6 + set_bytes(n6, len6, hdr, align);
+    size_t total = off6 + set_bytes(n6, bytes6, hdr, align);
     if (hdr) {
         if (n4) {
             memset(p4, 0, (size_t)(buf + off6 - p4));

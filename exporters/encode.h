@@ -30,6 +30,13 @@
  *   dateTimeMilliseconds); ENC_F_START_UPTIME/END_UPTIME are ms since the
  *   virtual boot time `boot_ms` given by the caller (NetFlow v5/v9
  *   First/LastSwitched), truncated to 32 bits.
+ *
+ * Strings
+ *   ENC_F_APP_NAME is the one string: the record's label (ASCII, at most 46
+ *   bytes, NUL-terminated in the record). Fixed length (NetFlow v9): copied
+ *   up to the field's length and padded with NULs, "" (all NULs) without a
+ *   label. ENC_VARLEN (IPFIX): a length byte and the label, no NUL; a
+ *   record without a label takes one byte (length 0).
  */
 
 /* The ft_record fields an encoder can emit. */
@@ -60,13 +67,23 @@ enum enc_field_id {
     ENC_F_ICMP_TYPE_CODE = 23, /* type << 8 | code for ICMP/ICMPv6, else 0 */
     ENC_F_SRC_MAC = 24,
     ENC_F_DST_MAC = 25,
-    ENC_F_COUNT = 26
+    /* Application (nDPI; zero when the record has none, see ft_records.h) */
+    ENC_F_APP_NAME = 26,       /* app_name as a fixed-length string: the label,
+                                * NUL-padded to the field's length (1..46) */
+    ENC_F_APP_MASTER = 27,     /* nDPI master protocol id */
+    ENC_F_APP_ID = 28,         /* nDPI app protocol id (the most specific one) */
+    ENC_F_COUNT = 29
 };
 
 struct enc_field {
     uint16_t field;            /* enum enc_field_id */
-    uint16_t length;           /* bytes on the wire */
+    uint16_t length;           /* bytes on the wire, or ENC_VARLEN */
 };
+
+/* enc_field.length of a variable-length field (IPFIX, RFC 7011 section 7:
+ * one length byte, then the value; only ENC_F_APP_NAME, whose label is at
+ * most 46 bytes, so the short form always fits). */
+enum { ENC_VARLEN = 65535 };
 
 /*
  * How records are framed. set_id4/set_id6 are the data-set ids (template ids)
@@ -97,7 +114,8 @@ struct enc_result {
     uint64_t sets;             /* set headers written */
 };
 
-/* Bytes one record of this field list takes on the wire. */
+/* Bytes one record of this field list takes on the wire (a variable-length
+ * field counted as its length byte alone: the shortest record). */
 uint32_t enc_record_length(const struct enc_field *fields, uint32_t n);
 
 /*

@@ -313,24 +313,30 @@ class ExporterSet:
 # -- construction ------------------------------------------------------------
 def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 1,
                    sampling_mode: str = "deterministic", engine_stats=None,
-                   probe: dict | None = None, readers: int = 1) -> Exporter:
+                   probe: dict | None = None, readers: int = 1,
+                   application: bool = False) -> Exporter:
     """One exporter from its typed config (a URL or a mapping goes through
     the schema first, config.export_config). Every setting comes from the
     ExportConfig; ``sampling_*``: the capture's packet sampling, reported in
     the options records; ``probe``: what ntopng's event message says of the
     probe (iface, idle_timeout_s, active_timeout_s); ``readers``: how many
     processes share each destination's ``rate_msgs_s`` (each paces at its
-    share). ConfigError if the destination is unusable."""
+    share); ``application``: the flow engine labels flows (flow.dpi), so
+    IPFIX/v9 templates and ntopng records carry the application (without
+    it every message is as before DPI existed). ConfigError if the
+    destination is unusable."""
     ec = export_config(item)
     enc_name, tr_name = ec.format, ec.transport
     if tr_name == "zmq":
-        return build_ntopng_exporter(ec, engine_stats=engine_stats, probe=probe)
+        return build_ntopng_exporter(ec, engine_stats=engine_stats, probe=probe,
+                                     application=application)
     cfg = EncoderConfig(
         mtu=ec.mtu,
         domain_id=ec.observation_domain,
         engine_id=ec.observation_domain & 0xFF,   # NetFlow v5 header
         sampling_interval=sampling_interval,
         sampling_mode=sampling_mode,
+        application=application,
     )
     try:
         encoder = ENCODERS[enc_name](cfg)
@@ -359,7 +365,7 @@ def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 
 def build_exporters(items: Iterable[ExportConfig | str | dict], *, sampling_interval: int = 1,
                     sampling_mode: str = "deterministic", engine_stats=None,
                     open_now: bool = True, probe: dict | None = None,
-                    readers: int = 1) -> ExporterSet:
+                    readers: int = 1, application: bool = False) -> ExporterSet:
     """Build (and open) every exporter: the one way `replay` and `run`'s
     readers make theirs. Config errors are collected and raised together
     (ConfigError, each message naming its item), before anything is opened."""
@@ -370,7 +376,7 @@ def build_exporters(items: Iterable[ExportConfig | str | dict], *, sampling_inte
                                         sampling_interval=sampling_interval,
                                         sampling_mode=sampling_mode,
                                         engine_stats=engine_stats, probe=probe,
-                                        readers=readers))
+                                        readers=readers, application=application))
         except ConfigError as e:
             errors.extend(e.messages)
     if errors:
@@ -398,11 +404,12 @@ def exporters_for(cfg, export_urls: Iterable[str] = (), reader: int | None = Non
     probe = {"iface": cfg.capture.interface or ("replay" if reader is None else ""),
              "idle_timeout_s": cfg.flow.idle_timeout_s,
              "active_timeout_s": cfg.flow.active_timeout_s}
-    return build_exporters(items, open_now=open_now, probe=probe, readers=readers, **sampling)
+    return build_exporters(items, open_now=open_now, probe=probe, readers=readers,
+                           application=cfg.flow.dpi, **sampling)
 
 
 def build_ntopng_exporter(ec: ExportConfig, *, engine_stats=None,
-                          probe: dict | None = None) -> Exporter:
+                          probe: dict | None = None, application: bool = False) -> Exporter:
     """ntopng over ZeroMQ (zmq:// binds, zmq+connect:// connects): flow
     payloads as TLV or JSON, and the periodic ``event`` message where the
     other formats send options records (every ``event_interval_s``)."""
@@ -413,7 +420,8 @@ def build_ntopng_exporter(ec: ExportConfig, *, engine_stats=None,
                             iface=str(probe.get("iface", "")),
                             idle_timeout_s=probe.get("idle_timeout_s", 0),
                             active_timeout_s=probe.get("active_timeout_s", 0),
-                            exporter_address=ec.exporter_address or None)
+                            exporter_address=ec.exporter_address or None,
+                            application=application)
     transport = ZmqTransport(ec.url, version=encoder.version, source_id=ec.source_id,
                              hwm_messages=ec.hwm_messages,
                              subscriber_wait_s=ec.subscriber_wait_s,

@@ -29,7 +29,7 @@ class IpfixEncoder(RecordEncoder):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__(cfg)
-        self.templates = templates.ipfix_flow_templates()
+        self.templates = templates.ipfix_flow_templates(cfg.application)
         self.sampling_tmpl = templates.ipfix_sampling_template(cfg.sampling_mode)
         self.sampling_rate_tmpl = (templates.ipfix_sampling_rate_template(cfg.sampling_mode)
                                    if cfg.sampling_interval > 1 else None)

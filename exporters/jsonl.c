@@ -17,8 +17,10 @@
 #include "text.h"
 
 /* the longest line: two IPv6 addresses of 39 characters, every integer at
- * its maximum, every optional key: well below JSONL_LINE_MAX */
-_Static_assert(JSONL_LINE_MAX >= 768, "JSONL_LINE_MAX too small");
+ * its maximum, every optional key (~600 bytes), and an application label of
+ * 46 bytes each escaped as \u00XX (~340 bytes with its keys): below
+ * JSONL_LINE_MAX (a test formats that record) */
+_Static_assert(JSONL_LINE_MAX >= 1024, "JSONL_LINE_MAX too small");
 
 static inline char *put_lit(char *p, const char *s, size_t len)
 {
@@ -27,6 +29,39 @@ static inline char *put_lit(char *p, const char *s, size_t len)
 }
 
 #define LIT(p, s) put_lit((p), (s), sizeof(s) - 1)
+
+/* A JSON string body from at most `max` bytes of s (up to its NUL), as
+ * Python's json.dumps writes s.decode("latin-1"): '"' and '\\' escaped,
+ * \n \r \t \b \f by name, other control bytes and bytes >= 0x7f (DEL
+ * too, as json.dumps does) as \u00XX. nDPI labels are plain ASCII; this
+ * only keeps a bad byte from breaking the line. At most 6 output bytes per
+ * input byte. */
+static char *put_json_str(char *p, const char *s, size_t max)
+{
+    for (size_t i = 0; i < max && s[i]; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = (char)c;
+        } else if (c >= 0x20 && c < 0x7f) {
+            *p++ = (char)c;
+        } else {
+            *p++ = '\\';
+            switch (c) {
+            case '\n': *p++ = 'n'; break;
+            case '\r': *p++ = 'r'; break;
+            case '\t': *p++ = 't'; break;
+            case '\b': *p++ = 'b'; break;
+            case '\f': *p++ = 'f'; break;
+            default:
+                p = LIT(p, "u00");
+                *p++ = HEX[c >> 4];
+                *p++ = HEX[c & 0xf];
+            }
+        }
+    }
+    return p;
+}
 
 
 static size_t format_record(const struct ft_record *r, char *out)
@@ -96,6 +131,14 @@ static size_t format_record(const struct ft_record *r, char *out)
         p = LIT(p, "\",\"destinationMacAddress\":\"");
         p = put_mac(p, r->dst_mac);
         *p++ = '"';
+    }
+    if (r->app_source != FT_APP_NONE) {
+        p = LIT(p, ",\"applicationName\":\"");
+        p = put_json_str(p, r->app_name, sizeof(r->app_name));
+        p = LIT(p, "\",\"ndpiMasterProtocol\":");
+        p = put_u64(p, r->app_master);
+        p = LIT(p, ",\"ndpiAppProtocol\":");
+        p = put_u64(p, r->app_id);
     }
     p = LIT(p, "}\n");
     return (size_t)(p - out);

@@ -19,7 +19,9 @@
  *   tcpControlBits (protocol 6), icmpTypeCodeIPv4 (protocol 1, IPv4) or
  *   icmpTypeCodeIPv6 (protocol 58, IPv6), vlanId (non-zero),
  *   dot1qCustomerVlanId (non-zero), sourceMacAddress and
- *   destinationMacAddress (has_mac; "aa:bb:cc:dd:ee:ff").
+ *   destinationMacAddress (has_mac; "aa:bb:cc:dd:ee:ff"); applicationName
+ *   (nDPI's label, e.g. "TLS.Google", JSON-escaped), ndpiMasterProtocol and
+ *   ndpiAppProtocol (nDPI ids) when app_source is not FT_APP_NONE.
  *
  * Input
  *   `records` is the address of an array of `struct ft_record` (see

@@ -32,7 +32,7 @@ class Netflow9Encoder(RecordEncoder):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__(cfg)
-        self.templates = templates.v9_flow_templates()
+        self.templates = templates.v9_flow_templates(cfg.application)
         self.sampling_tmpl = templates.v9_sampling_template()
         self.sampling_rate_tmpl = (templates.v9_sampling_rate_template()
                                    if cfg.sampling_interval > 1 else None)

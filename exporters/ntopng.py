@@ -53,6 +53,8 @@ L4_SRC_PORT, IPV4_SRC_ADDR, INPUT_SNMP, L4_DST_PORT, IPV4_DST_ADDR = 7, 8, 10, 1
 LAST_SWITCHED, FIRST_SWITCHED, IPV6_SRC_ADDR, IPV6_DST_ADDR = 21, 22, 27, 28
 IN_SRC_MAC, OUT_DST_MAC, SRC_VLAN, IP_PROTOCOL_VERSION = 56, 57, 58, 60
 EXPORTER_IPV4_ADDRESS = 130
+# ntop's own elements (NTOP_BASE_ID 57472 + id): L7_PROTO = 57472 + 118
+L7_PROTO = 57590
 
 #: (key for IPv4 records, key for IPv6 records, record field, how it is written)
 FIELDS: tuple[tuple[int, int, int, int], ...] = (
@@ -75,6 +77,13 @@ FIELDS: tuple[tuple[int, int, int, int], ...] = (
 )
 EXPORTER_FIELD = (EXPORTER_IPV4_ADDRESS, EXPORTER_IPV4_ADDRESS, lib.ENC_F_ZERO,
                   lib.TLV_K_CONST_STR)
+#: The application (when the engine runs DPI): L7_PROTO as "master.app"
+#: (e.g. "91.126" TLS.Google), which ntopng 5.2 parses into its nDPI
+#: protocol and shows instead of a port guess; "0.0" or no L7_PROTO makes it
+#: guess from the ports. ntopng ignores L7_PROTO_NAME (57591) in flows (it
+#: only matches it in filters), so the label is not sent. Left out of
+#: records without an application (app_source FT_APP_NONE).
+L7_FIELD = (L7_PROTO, L7_PROTO, lib.ENC_F_ZERO, lib.TLV_K_L7_PROTO)
 
 #: reasons a message (and its records) is not sent
 NO_SUBSCRIBER, HWM_FULL = "no_subscriber", "hwm_full"
@@ -94,8 +103,10 @@ class TlvEncoder:
     """Record arrays -> TLV flow payloads of at most ``records_per_message``
     records (and PAYLOAD_CAP bytes) each, one C call per payload."""
 
-    def __init__(self, records_per_message: int = 32, exporter_address: str | None = None):
-        fields = FIELDS + ((EXPORTER_FIELD,) if exporter_address else ())
+    def __init__(self, records_per_message: int = 32, exporter_address: str | None = None,
+                 application: bool = False):
+        fields = (FIELDS + ((EXPORTER_FIELD,) if exporter_address else ())
+                  + ((L7_FIELD,) if application else ()))
         self._fields = ffi.new("struct tlv_field[]", [
             {"key4": k4, "key6": k6, "field": f, "kind": kind} for k4, k6, f, kind in fields])
         self._const = ffi.new("char[]", (exporter_address or "").encode("ascii"))
@@ -159,8 +170,8 @@ class JsonEncoder(TlvEncoder):
     (a leading 0 byte, then the zlib stream, as nProbe sends it)."""
 
     def __init__(self, records_per_message: int = 32, exporter_address: str | None = None,
-                 compress: bool = False):
-        super().__init__(records_per_message, exporter_address)
+                 compress: bool = False, application: bool = False):
+        super().__init__(records_per_message, exporter_address, application)
         self.compress = compress
 
     def encode(self, records, n: int) -> list[tuple[bytes, int]]:
@@ -187,13 +198,13 @@ class NtopngEncoder:
     def __init__(self, *, zmq_format: str = "tlv", records_per_message: int = 32,
                  compress: bool = False, probe_ip: str = "0.0.0.0", iface: str = "",
                  idle_timeout_s: float = 0, active_timeout_s: float = 0,
-                 exporter_address: str | None = None):
+                 exporter_address: str | None = None, application: bool = False):
         if zmq_format == "json":
             self.payloads: TlvEncoder = JsonEncoder(records_per_message, exporter_address,
-                                                    compress=compress)
+                                                    compress=compress, application=application)
             self.version = VERSION_JSON
         else:
-            self.payloads = TlvEncoder(records_per_message, exporter_address)
+            self.payloads = TlvEncoder(records_per_message, exporter_address, application)
             self.version = VERSION_TLV
         self.clock = PacketClock(0)
         self.records_encoded = 0

@@ -11,6 +11,9 @@ source VLAN and tshark names "VLAN Id"; the inner QinQ tag as
 `dot1qCustomerVlanId` (245), the IANA element for the C-TAG of RFC 7133.
 `postVlanId` (59) would claim an egress rewrite, which a passive probe never
 observes, so it is not used; collectors that do not know 245 skip it.
+
+Application (nDPI), only when the flow engine labels flows (flow.dpi): see
+`_application_fields` for the elements, their lengths and why.
 """
 from __future__ import annotations
 
@@ -31,6 +34,18 @@ TID_SAMPLING_RATE = 260     # the sampling rate in the layout nfdump/nfacctd rea
 # NetFlow v9 scope field type "System" (RFC 3954 section 6.1).
 V9_SCOPE_SYSTEM = 1
 
+# ntop's enterprise elements (nProbe, ntopng include/ntop_flow.h): PEN 35632
+# in IPFIX; in NetFlow v9, which has no enterprise numbers, the same element
+# is field type NTOP_BASE_ID + its id (L7_PROTO: 57472 + 118 = 57590).
+NTOP_PEN = 35632
+NTOP_BASE_ID = 57472
+NTOP_L7_PROTO = 118
+# applicationName's fixed length (NetFlow v9): the longest label struct
+# ft_record holds (app_name[47] less its NUL; encode.c checks it), so
+# nothing is truncated. IPFIX sends it variable-length (VARLEN).
+APP_NAME_LEN = 46
+VARLEN = 65535              # RFC 7011 section 7; encode.h ENC_VARLEN
+
 
 def ie(name: str):
     """The registry entry of an IANA IE (raises KeyError if unknown)."""
@@ -39,16 +54,37 @@ def ie(name: str):
 
 @dataclass(frozen=True)
 class Field:
-    name: str          # IANA IE name
-    num: int           # IE id / v9 field type
+    name: str          # IANA IE name (or ntop's element name)
+    num: int           # IE id / v9 field type (enterprise elements: the id in the PEN)
     length: int        # bytes on the wire
     source: str        # enc_field_id suffix, e.g. "SRC_ADDR4"
+    pen: int = 0       # IPFIX private enterprise number (0: IANA)
+
+    @property
+    def v9_type(self) -> int:
+        """The NetFlow v9 field type: the IE id, or ntop's v9 id."""
+        if self.pen == NTOP_PEN:
+            return NTOP_BASE_ID + self.num
+        if self.pen:
+            raise ValueError(f"{self.name}: no NetFlow v9 type for PEN {self.pen}")
+        return self.num
+
+    def ipfix_spec(self) -> bytes:
+        """The field specifier of RFC 7011 section 3.2."""
+        if self.pen:
+            return struct.pack("!HHI", 0x8000 | self.num, self.length, self.pen)
+        return struct.pack("!HH", self.num, self.length)
 
 
 def field(name: str, source: str, length: int | None = None) -> Field:
+    """An IANA IE. A variable-length one (a string) needs an explicit
+    `length`: a fixed one, or VARLEN (IPFIX only; the encoder takes it for
+    the application label alone)."""
     e = ie(name)
-    if e.length == 65535:
-        raise ValueError(f"{name}: variable-length IEs are not supported")
+    if e.length == VARLEN:
+        if length is None:
+            raise ValueError(f"{name}: variable-length IE needs a length (or VARLEN)")
+        return Field(name, e.num, length, source)
     n = e.length if length is None else length
     if n > e.length:
         raise ValueError(f"{name}: length {n} exceeds the type's {e.length}")
@@ -64,7 +100,13 @@ class Template:
 
     @property
     def record_length(self) -> int:
-        return sum(f.length for f in self.fields)
+        """Bytes a record takes; with variable-length fields, the least
+        (each such field its length byte alone)."""
+        return sum(1 if f.length == VARLEN else f.length for f in self.fields)
+
+    @property
+    def variable_length(self) -> bool:
+        return any(f.length == VARLEN for f in self.fields)
 
     def ipfix_record(self) -> bytes:
         """The (options) template record of RFC 7011 section 3.4."""
@@ -72,7 +114,7 @@ class Template:
             head = struct.pack("!HHH", self.template_id, len(self.fields), self.scope_count)
         else:
             head = struct.pack("!HH", self.template_id, len(self.fields))
-        return head + b"".join(struct.pack("!HH", f.num, f.length) for f in self.fields)
+        return head + b"".join(f.ipfix_spec() for f in self.fields)
 
     def v9_record(self) -> bytes:
         """The (options) template record of RFC 3954 sections 5.2 and 6.1.
@@ -82,12 +124,12 @@ class Template:
         """
         if not self.scope_count:
             return struct.pack("!HH", self.template_id, len(self.fields)) + b"".join(
-                struct.pack("!HH", f.num, f.length) for f in self.fields)
+                struct.pack("!HH", f.v9_type, f.length) for f in self.fields)
         scopes = self.fields[: self.scope_count]
         opts = self.fields[self.scope_count:]
         return (struct.pack("!HHH", self.template_id, 4 * len(scopes), 4 * len(opts))
                 + b"".join(struct.pack("!HH", V9_SCOPE_SYSTEM, f.length) for f in scopes)
-                + b"".join(struct.pack("!HH", f.num, f.length) for f in opts))
+                + b"".join(struct.pack("!HH", f.v9_type, f.length) for f in opts))
 
     def fields_cdata(self, ffi, lib):
         """A `struct enc_field[]` for the C encoder (keep it referenced)."""
@@ -139,14 +181,44 @@ def _flow_fields(v6: bool, ipfix_times: bool, narrow: bool) -> tuple:
     return tuple(out)
 
 
-def ipfix_flow_templates() -> tuple:
-    return (Template(TID_FLOW4, _flow_fields(False, True, False)),
-            Template(TID_FLOW6, _flow_fields(True, True, False)))
+def _application_fields(ipfix: bool) -> tuple:
+    """The application of a flow (nDPI), the same in IPFIX and NetFlow v9:
+
+    - IANA applicationName (IE 96, a string; Cisco's v9 APPLICATION_NAME is
+      the same type 96): nDPI's label, "TLS.Google", "DNS", "Unknown"; empty
+      when the flow was not inspected. IPFIX: variable-length (RFC 7011
+      section 7, one length byte: a label is at most 46 bytes), so a record
+      takes 1 + the label's length (~9 bytes, where a fixed 46 would add 46
+      to every record and cut a message's records by 40%). NetFlow v9 has
+      no variable length: fixed APP_NAME_LEN bytes, NUL-padded. tshark
+      (cflow.appl_name) shows both; nfdump and nfacctd skip the field
+      cleanly.
+    - ntop's L7_PROTO (PEN 35632 id 118; NetFlow v9 type 57590), 2 bytes,
+      numeric, as nProbe exports it ("[NFv9 57590][IPFIX 35632.118][Len 2]
+      %L7_PROTO", nProbe's template list; tshark: cflow.pie.ntop.l7_proto,
+      uint16; ElastiFlow: uint16 ntop_l7_proto): nDPI's app id, the most
+      specific one (126 of TLS.Google, 5 of DNS: nDPI sets the app id
+      whenever it found anything, the master only beneath it). ntop defines no
+      element for the master id alone (nProbe's list, tshark's and
+      ElastiFlow's ntop tables have none) and a made-up id in ntop's PEN
+      could collide with theirs, so the master goes out inside the label
+      ("TLS.Google"); ntopng's ZMQ feed has both ids ("91.126").
+    """
+    return (field("applicationName", "APP_NAME", VARLEN if ipfix else APP_NAME_LEN),
+            Field("L7_PROTO", NTOP_L7_PROTO, 2, "APP_ID", NTOP_PEN))
 
 
-def v9_flow_templates() -> tuple:
-    return (Template(TID_FLOW4, _flow_fields(False, False, True)),
-            Template(TID_FLOW6, _flow_fields(True, False, True)))
+def ipfix_flow_templates(application: bool = False) -> tuple:
+    """application: append the application fields (the flow engine runs DPI)."""
+    app = _application_fields(True) if application else ()
+    return (Template(TID_FLOW4, _flow_fields(False, True, False) + app),
+            Template(TID_FLOW6, _flow_fields(True, True, False) + app))
+
+
+def v9_flow_templates(application: bool = False) -> tuple:
+    app = _application_fields(False) if application else ()
+    return (Template(TID_FLOW4, _flow_fields(False, False, True) + app),
+            Template(TID_FLOW6, _flow_fields(True, False, True) + app))
 
 
 def v5_record_fields() -> tuple:

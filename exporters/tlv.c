@@ -85,13 +85,24 @@ static uint8_t *put_mac_item(uint8_t *p, uint32_t key, const uint8_t *m)
     return put_str_item(p, key, text, sizeof text);
 }
 
+/* "master.app", e.g. "91.126": how ntopng (ParserInterface / ZMQParserInterface
+ * parsePENNtopField, 5.2) reads L7_PROTO into its ndpi_protocol. */
+static uint8_t *put_l7_item(uint8_t *p, uint32_t key, const struct ft_record *r)
+{
+    char text[12];
+    char *end = put_u64(text, r->app_master);
+    *end++ = '.';
+    end = put_u64(end, r->app_id);
+    return put_str_item(p, key, text, (size_t)(end - text));
+}
+
 static int layout_ok(const struct tlv_layout *lay)
 {
     if (lay == NULL || (lay->fields == NULL && lay->nfields) || lay->nfields > TLV_MAX_FIELDS)
         return 0;
     for (uint32_t i = 0; i < lay->nfields; i++) {
         const struct tlv_field *f = &lay->fields[i];
-        if (f->kind > TLV_K_NONZERO || f->field >= ENC_F_COUNT)
+        if (f->kind > TLV_K_L7_PROTO || f->field >= ENC_F_COUNT)
             return 0;
         if (f->kind == TLV_K_CONST_STR && lay->const_str == NULL)
             return 0;
@@ -128,6 +139,10 @@ static uint8_t *put_record(uint8_t *p, const struct tlv_layout *lay, const struc
             v = field_value(r, f->field, 0);
             if (v)
                 p = put_uint_item(p, key, v);
+            break;
+        case TLV_K_L7_PROTO:
+            if (r->app_source != FT_APP_NONE)
+                p = put_l7_item(p, key, r);
             break;
         default:
             p = put_uint_item(p, key, field_value(r, f->field, 0));

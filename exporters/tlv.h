@@ -33,7 +33,11 @@ enum tlv_kind {
     TLV_K_MAC = 2,             /* "aa:bb:cc:dd:ee:ff"; left out without MACs */
     TLV_K_EPOCH_S = 3,         /* a START_MS/END_MS field as Unix seconds */
     TLV_K_CONST_STR = 4,       /* tlv_layout.const_str (e.g. the exporter address) */
-    TLV_K_NONZERO = 5          /* like TLV_K_UINT, left out when 0 (VLAN ids) */
+    TLV_K_NONZERO = 5,         /* like TLV_K_UINT, left out when 0 (VLAN ids) */
+    TLV_K_L7_PROTO = 6         /* the nDPI ids as the string "master.app" (e.g.
+                                * "91.126"), as nProbe sends L7_PROTO; left
+                                * out when the record has no application
+                                * (app_source FT_APP_NONE); `field` unused */
 };
 
 struct tlv_field {

@@ -448,4 +448,4 @@ def test_collect_cli_listens_on_udp_and_stops_after_count():
     assert proc.returncode == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["start", "end", "proto"]
-    assert lines[1].split()[4:] == ["17", "198.18.1.1:5353", "198.18.1.2:53", "3", "300"]
+    assert lines[1].split()[4:] == ["17", "198.18.1.1:5353", "198.18.1.2:53", "3", "300", "-"]

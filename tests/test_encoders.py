@@ -77,15 +77,24 @@ def test_ipfix_round_trip_through_ipfix_package():
     assert big["ingressInterface"] == 70000
 
 
-def test_template_and_data_layout_agree():
-    """The record length announced by each template equals what C writes."""
-    for t in templates.ipfix_flow_templates() + templates.v9_flow_templates():
+@pytest.mark.parametrize("application", [False, True])
+def test_template_and_data_layout_agree(application):
+    """The record length announced by each template (with and without the
+    application fields; a variable-length field as its length byte) equals
+    what C counts."""
+    for t in (templates.ipfix_flow_templates(application)
+              + templates.v9_flow_templates(application)):
         arr = t.fields_cdata(ffi, lib)
         assert lib.enc_record_length(arr, len(arr)) == t.record_length
         rec = t.ipfix_record()
         n = struct.unpack_from("!H", rec, 2)[0]
         assert n == len(t.fields)
-        assert sum(struct.unpack_from("!H", rec, 4 + 4 * i + 2)[0] for i in range(n)) == t.record_length
+        off, total = 4, 0
+        for _ in range(n):      # field specifiers, 8 bytes with an enterprise number
+            num, length = struct.unpack_from("!HH", rec, off)
+            off += 8 if num & 0x8000 else 4
+            total += 1 if length == templates.VARLEN else length
+        assert off == len(rec) and total == t.record_length
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))

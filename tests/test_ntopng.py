@@ -273,3 +273,26 @@ def test_port_held_is_counted_then_retried(monkeypatch):
         sub.close(linger=0)
         holder.close(linger=0)
         tx.close()
+
+
+def test_tlv_l7_proto_is_master_dot_app(tlv_dump, tmp_path):
+    """With the application on, L7_PROTO (57590) is the string "master.app"
+    that ntopng parses ("91.126" for TLS.Google), as libndpi reads it, on
+    every record with an application source and on no other; without it
+    the payloads are those of before."""
+    from records import FIXED_APP
+    arr = make_records(FIXED_APP)
+    payloads = ntopng.TlvEncoder(application=True).encode(arr, len(FIXED_APP))
+    flat = [r for recs in ndpi_decode(tlv_dump, [p for p, _ in payloads], tmp_path)
+            for r in recs]
+    assert [r.get("57590") for r in flat] == ["91.126", "0.0", "0.5", "0.0"]
+    plain = [r for recs in ndpi_decode(tlv_dump, [p for p, _ in ntopng.TlvEncoder().encode(
+        arr, len(FIXED_APP))], tmp_path) for r in recs]
+    assert plain == [expected(s) for s in FIXED]
+    assert [{k: v for k, v in r.items() if k != "57590"} for r in flat] == plain
+    nolabel = make_records(FIXED)
+    assert (ntopng.TlvEncoder(application=True).encode(nolabel, len(FIXED))
+            == ntopng.TlvEncoder().encode(nolabel, len(FIXED)))
+    js = ntopng.JsonEncoder(application=True).encode(arr, len(FIXED_APP))
+    assert [r.get("57590") for p, _ in js for r in json.loads(p)] == ["91.126", "0.0", "0.5",
+                                                                      "0.0"]

@@ -13,6 +13,7 @@ import pytest
 
 import synth
 from collectors import nfacctd, nfcapd
+from flowprobe.config.schema import FlowConfig
 from flowprobe.exporters import templates
 from test_run import final_stats, start_probe
 
@@ -230,7 +231,20 @@ def udp_payloads(pcap, port):
     return out
 
 
-def nfdump_ipfix_sequence_failures(messages, flow_record_len):
+def records_in_set(body, template):
+    """Data records in a set body of this template (variable-length fields,
+    the application label, walked record by record; padding ignored)."""
+    if not template.variable_length:
+        return len(body) // template.record_length
+    off = count = 0
+    while off + template.record_length <= len(body):
+        for f in template.fields:
+            off += 1 + body[off] if f.length == templates.VARLEN else f.length
+        count += 1
+    return count
+
+
+def nfdump_ipfix_sequence_failures(messages, flow_templates):
     """nfdump 1.7.1's IPFIX sequence check replayed over the messages, as
     its source (ipfix.c, Process_IPFIX) does it, per observation domain:
     the expected number advances by the flow data records only; a mismatch
@@ -247,8 +261,8 @@ def nfdump_ipfix_sequence_failures(messages, flow_record_len):
         off, has_options = 16, False
         while off + 4 <= len(m):
             set_id, length = struct.unpack_from("!HH", m, off)
-            if set_id in flow_record_len:
-                st[0] += (length - 4) // flow_record_len[set_id]
+            if set_id in flow_templates:
+                st[0] += records_in_set(m[off + 4:off + length], flow_templates[set_id])
                 st[1] = True
             elif set_id >= 256:
                 has_options = True
@@ -283,10 +297,11 @@ def test_nfdump_sequence_failures_with_periodic_options(ns, tmp_path):
                 stop_probe(proc)
     finally:
         lo.stop()
-    t4, t6 = templates.ipfix_flow_templates()
+    # the probe runs with the default flow.dpi: its templates carry the application
+    t4, t6 = templates.ipfix_flow_templates(application=FlowConfig().dpi)
     messages = udp_payloads(tmp_path / "export.pcap", ports["ipfix"])
     predicted, options_msgs = nfdump_ipfix_sequence_failures(
-        messages, {t4.template_id: t4.record_length, t6.template_id: t6.record_length})
+        messages, {t4.template_id: t4, t6.template_id: t6})
     failures = nfdump_info(tmp_path / "nf_ipfix")["Sequence failures"]
     print(f"ipfix: {len(messages)} messages, {options_msgs} with options, "
           f"nfdump sequence failures {failures}, predicted {predicted}")

@@ -25,6 +25,12 @@ def make_records(specs):
                   "tos", "tcp_flags", "ttl_min", "ttl_max", "end_reason"):
             if k in s:
                 setattr(r, k, s[k])
+        for k in ("app_master", "app_id", "app_source"):
+            if k in s:
+                setattr(r, k, s[k])
+        if "app_name" in s:
+            name = s["app_name"].encode() if isinstance(s["app_name"], str) else s["app_name"]
+            ffi.memmove(r.app_name, name, len(name))
         if "src_mac" in s:
             r.has_mac = 1
             ffi.memmove(r.src_mac, bytes.fromhex(s["src_mac"].replace(":", "")), 6)
@@ -51,3 +57,13 @@ FIXED = [
          packets=5_000_000_000, octets=(1 << 32) + 5, first_ns=T0_NS,
          last_ns=T0_NS + 60_000_000_000, ifindex=70000, end_reason=2),
 ]
+
+
+# The FIXED records labelled by nDPI (4.2 ids): TLS.Google, an unknown flow
+# (inspected, nothing found), DNS guessed at give-up, and one flow that got
+# no DPI state (no label).
+APP = [dict(app_master=91, app_id=126, app_source=1, app_name="TLS.Google"),
+       dict(app_master=0, app_id=0, app_source=4, app_name="Unknown"),
+       dict(app_master=0, app_id=5, app_source=2, app_name="DNS"),
+       dict(app_source=3)]
+FIXED_APP = [{**f, **a} for f, a in zip(FIXED, APP)]
