@@ -58,6 +58,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 OUT = HERE / "out"
 
 CORPUS_ENV = "FLOWPROBE_CORPUS"
@@ -159,12 +160,31 @@ def run_reference(path: Path, packet_limit: int | None = None) -> list[RefFlow]:
         out = Path(tmp) / "flows.txt"
         cmd = [NDPIREADER, "-q", "-v", "2", "-i", str(path), "-w", str(out)]
         if packet_limit is not None:
-            cmd += ["-T", str(packet_limit), "-U", str(packet_limit)]
+            cmd += reference_limit_args(packet_limit)
         p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True, timeout=300)
         if p.returncode != 0 or not out.exists():
             raise RuntimeError(f"exit {p.returncode}: {' '.join(cmd)}\n{p.stderr[-2000:]}")
         return parse_reference(out.read_text(errors="replace"))
+
+
+def engine_packet_limit() -> int | None:
+    """FT_DPI_MAX_PACKETS of this tree's engine (probe/flowtable/dpi.c): the
+    packets of a conversation flowprobe gives nDPI at most; None without it."""
+    try:
+        m = re.search(r"#define\s+FT_DPI_MAX_PACKETS\s+(\d+)",
+                      (ROOT / "probe" / "flowtable" / "dpi.c").read_text())
+    except OSError:
+        return None
+    return int(m[1]) if m else None
+
+
+def reference_limit_args(packet_limit: int) -> list[str]:
+    """ndpiReader options that make it inspect `packet_limit` packets of a
+    flow at most, as flowprobe does: it processes the packet that takes its
+    count past -T/-U and then gives up, so one less (its minimum is 3)."""
+    n = str(max(3, packet_limit - 1))
+    return ["-T", n, "-U", n]
 
 
 # ----------------------------------------------------------------- flowprobe
@@ -228,19 +248,17 @@ def flowprobe_exe() -> str:
     return str(exe) if exe.exists() else shutil.which("flowprobe") or "flowprobe"
 
 
-def run_flowprobe(path: Path, extra: list[str] | None = None) -> tuple[list[dict], dict]:
+def run_flowprobe(path: Path, long_timers: bool = True) -> tuple[list[dict], dict]:
     """flowprobe's records (replay --json) for `path`, with expiry timers
-    far beyond the capture's length, and its counts of skipped packets by
-    reason (from the replay summary)."""
+    far beyond the capture's length (or its defaults), and its counts of
+    skipped packets by reason (from the replay summary)."""
     with tempfile.TemporaryDirectory(prefix="dpi-acc-") as tmp:
         cfg = Path(tmp) / "flowprobe.yaml"
-        cfg.write_text(
-            "flow:\n"
-            "  max_flows: 1048576\n"
-            f"  idle_timeout_s: {LONG_TIMEOUT_S}\n"
-            f"  active_timeout_s: {LONG_TIMEOUT_S}\n"
-            f"  tcp_end_grace_s: {LONG_TIMEOUT_S}\n")
-        cmd = [flowprobe_exe(), "replay", "-c", str(cfg), str(path), "--json", *(extra or [])]
+        timers = (f"  idle_timeout_s: {LONG_TIMEOUT_S}\n"
+                  f"  active_timeout_s: {LONG_TIMEOUT_S}\n"
+                  f"  tcp_end_grace_s: {LONG_TIMEOUT_S}\n") if long_timers else ""
+        cfg.write_text("flow:\n  max_flows: 1048576\n" + timers)
+        cmd = [flowprobe_exe(), "replay", "-c", str(cfg), str(path), "--json"]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(f"exit {p.returncode}: {' '.join(cmd)}\n{p.stderr[-2000:]}")
@@ -327,12 +345,12 @@ def classify(ref: RefFlow, recs: list[dict], limited: RefFlow | None,
 
 def compare_file(path: Path, packet_limit: int | None = None,
                  reference: list[RefFlow] | None = None,
-                 records: list[dict] | None = None) -> FileResult:
+                 records: list[dict] | None = None, long_timers: bool = True) -> FileResult:
     """Compare ndpiReader's and flowprobe's labels on one capture."""
     refs = run_reference(path) if reference is None else reference
     skipped: dict = {}
     if records is None:
-        recs, skipped = run_flowprobe(path)
+        recs, skipped = run_flowprobe(path, long_timers)
     else:
         recs = records
     res = FileResult(file=path.name, flows=len(refs), probe_records=len(recs),
@@ -432,9 +450,13 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="*", type=Path,
                     help=f"captures (default: every one of ${CORPUS_ENV}/{CORPUS_SUB}/)")
-    ap.add_argument("--packet-limit", type=int, default=None, metavar="N",
-                    help="flowprobe's DPI packet limit per flow: differences are also "
-                         "checked against ndpiReader -T N -U N")
+    ap.add_argument("--packet-limit", type=int, default=engine_packet_limit(), metavar="N",
+                    help="flowprobe's DPI packet limit per conversation (default: "
+                         "FT_DPI_MAX_PACKETS of probe/flowtable/dpi.c, %(default)s): "
+                         "differences are also checked against ndpiReader limited to N")
+    ap.add_argument("--default-timers", action="store_true",
+                    help="run flowprobe with its default expiry timers instead of timers "
+                         "longer than any capture (shows what splitting costs)")
     ap.add_argument("--goal", type=float, default=GOAL,
                     help="agreement share to meet (default %(default)s)")
     ap.add_argument("--check", action="store_true",
@@ -456,13 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     version = subprocess.run([NDPIREADER, "-h"], capture_output=True, text=True).stdout
     m = re.search(r"nDPI (\d[\d.]*)", version)
     print(f"reference: ndpiReader {m[1] if m else '?'}; flowprobe: {flowprobe_exe()}; "
-          f"{len(files)} captures; timers {LONG_TIMEOUT_S} s"
+          f"{len(files)} captures; flowprobe timers "
+          f"{'default' if args.default_timers else f'{LONG_TIMEOUT_S} s'}"
           + (f"; packet limit {args.packet_limit}" if args.packet_limit else ""), flush=True)
 
     results = []
     for path in files:
         try:
-            results.append(compare_file(path, args.packet_limit))
+            results.append(compare_file(path, args.packet_limit,
+                                        long_timers=not args.default_timers))
         except (RuntimeError, subprocess.SubprocessError, OSError) as e:
             print(f"bench-dpi: {path.name}: {e}", file=sys.stderr)
             return 1

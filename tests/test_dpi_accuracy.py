@@ -157,7 +157,8 @@ def agreement():
         pytest.skip("ndpiReader is not installed: apt-get install libndpi-bin (make deps)")
     if not _engine_has_dpi():
         pytest.skip("this build has no DPI stage (flowprobe replay has no --no-dpi)")
-    return [acc.compare_file(_corpus_capture(name)) for name in CAPTURES]
+    limit = acc.engine_packet_limit()
+    return [acc.compare_file(_corpus_capture(name), limit) for name in CAPTURES]
 
 
 def test_labels_agree_with_ndpireader(agreement):
