@@ -77,6 +77,8 @@ REASONS = {
     "not-inspected": "flowprobe does not run DPI on this IP protocol (only TCP/UDP/ICMP)",
     "no-label": "flowprobe's records carry no application (DPI off, engine "
                 "without DPI, or no DPI state for the flow)",
+    "tos": "the records of one conversation have different ToS and disagree: "
+           "flowprobe keys flows by ToS, so its DPI took them for separate conversations",
     "split": "the conversation is split into several records in one direction "
              "(timeouts, TCP end, table full) and they disagree",
     "direction": "the two directions of one conversation carry different labels "
@@ -319,6 +321,11 @@ def classify(ref: RefFlow, recs: list[dict], limited: RefFlow | None,
         s, sp, d, dp = record_endpoints(r)
         by_dir[(s, sp, d, dp)].append(r)
     if len(set(labels)) > 1:
+        if len({r.get("ipClassOfService", 0) for r in recs}) > 1:
+            parts = [f"{hostport(s, sp)}->{hostport(d, dp)}: " + ", ".join(
+                f"tos {r.get('ipClassOfService', 0)} {record_label(r)}" for r in rs)
+                for (s, sp, d, dp), rs in by_dir.items()]
+            return "tos", "; ".join(parts)
         if any(len(rs) > 1 for rs in by_dir.values()):
             parts = [f"{hostport(s, sp)}->{hostport(d, dp)}: " + ", ".join(
                 f"{record_label(r)} (end {r.get('flowEndReason')})" for r in rs)

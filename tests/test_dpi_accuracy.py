@@ -177,3 +177,13 @@ def test_every_difference_is_explained(agreement):
     unexplained = [f"{d.file}: {d.flow}: {d.reference} vs {d.flowprobe}: {d.detail}"
                    for r in agreement for d in r.differences if d.reason == "unexplained"]
     assert not unexplained, "\n".join(unexplained)
+
+
+def test_tos_difference_is_its_own_reason():
+    """Directions that disagree and differ in ToS are told apart from other
+    direction trouble: flowprobe keys flows by ToS."""
+    res = _compare([
+        record("198.18.0.1", 53124, "198.18.0.2", 53, label="DNS", ipClassOfService=0),
+        record("198.18.0.2", 53, "198.18.0.1", 53124, label="Unknown", ipClassOfService=32),
+    ])
+    assert {d.reference: d.reason for d in res.differences}["DNS"] == "tos"
