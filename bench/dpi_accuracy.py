@@ -283,6 +283,34 @@ def run_flowprobe(path: Path, long_timers: bool = True) -> tuple[list[dict], dic
     return records, skipped
 
 
+def run_flowprobe_in_process(path: Path, long_timers: bool = True) -> tuple[list[dict], dict]:
+    """The same records through the engine's Python binding (FlowTable,
+    iter_records: record_to_dict) in this process, not replay --json: it
+    checks the engine when the JSON lines formatter lags behind it."""
+    import dataclasses as dc
+
+    from flowprobe.config import default_config
+    from flowprobe.probe.flowtable.table import FlowTable, iter_records
+    from flowprobe.probe.replay import replay_files
+
+    kw: dict = {"max_flows": 1048576}
+    if long_timers:
+        kw.update(idle_timeout_s=LONG_TIMEOUT_S, active_timeout_s=LONG_TIMEOUT_S,
+                  tcp_end_grace_s=LONG_TIMEOUT_S)
+    cfg = default_config()
+    out: list[dict] = []
+    table = FlowTable(dc.replace(cfg.flow, **kw), lambda recs, n: out.extend(iter_records(recs, n)))
+    try:
+        replay_files([str(path)], table, cfg.replay.batch_packets)
+        table.flush()
+        skipped = dict(table.stats().get("skipped", {}))
+    finally:
+        close = getattr(table, "close", None)
+        if close:
+            close()
+    return out, skipped
+
+
 # ------------------------------------------------------------------ compare
 
 @dataclasses.dataclass
@@ -371,12 +399,14 @@ def classify(ref: RefFlow, recs: list[dict], limited: RefFlow | None,
 
 def compare_file(path: Path, packet_limit: int | None = None,
                  reference: list[RefFlow] | None = None,
-                 records: list[dict] | None = None, long_timers: bool = True) -> FileResult:
+                 records: list[dict] | None = None, long_timers: bool = True,
+                 in_process: bool = False) -> FileResult:
     """Compare ndpiReader's and flowprobe's labels on one capture."""
     refs = run_reference(path) if reference is None else reference
     skipped: dict = {}
     if records is None:
-        recs, skipped = run_flowprobe(path, long_timers)
+        run = run_flowprobe_in_process if in_process else run_flowprobe
+        recs, skipped = run(path, long_timers)
     else:
         recs = records
     res = FileResult(file=path.name, flows=len(refs), probe_records=len(recs),
@@ -488,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--default-timers", action="store_true",
                     help="run flowprobe with its default expiry timers instead of timers "
                          "longer than any capture (shows what splitting costs)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="read flowprobe's records through the engine's Python binding "
+                         "in this process instead of from replay --json")
     ap.add_argument("--goal", type=float, default=GOAL,
                     help="agreement share to meet (default %(default)s)")
     ap.add_argument("--check", action="store_true",
@@ -508,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     version = subprocess.run([NDPIREADER, "-h"], capture_output=True, text=True).stdout
     m = re.search(r"nDPI (\d[\d.]*)", version)
-    print(f"reference: ndpiReader {m[1] if m else '?'}; flowprobe: {flowprobe_exe()}; "
+    probe = "in-process binding" if args.in_process else flowprobe_exe()
+    print(f"reference: ndpiReader {m[1] if m else '?'}; flowprobe: {probe}; "
           f"{len(files)} captures; flowprobe timers "
           f"{'default' if args.default_timers else f'{LONG_TIMEOUT_S} s'}"
           + (f"; packet limit {args.packet_limit}" if args.packet_limit else ""), flush=True)
@@ -517,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in files:
         try:
             results.append(compare_file(path, args.packet_limit,
-                                        long_timers=not args.default_timers))
+                                        long_timers=not args.default_timers,
+                                        in_process=args.in_process))
         except (RuntimeError, subprocess.SubprocessError, OSError) as e:
             print(f"bench-dpi: {path.name}: {e}", file=sys.stderr)
             return 1
