@@ -311,6 +311,16 @@ def run_flowprobe_in_process(path: Path, long_timers: bool = True) -> tuple[list
     return out, skipped
 
 
+def engine_has_dpi() -> bool:
+    """Whether this install's flow engine has a DPI stage (an nDPI symbol in
+    its C binding)."""
+    try:
+        from flowprobe.probe.flowtable import table
+    except ImportError:
+        return False
+    return any("dpi" in name for name in dir(table.lib))
+
+
 # ------------------------------------------------------------------ compare
 
 @dataclasses.dataclass
@@ -557,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench-dpi: {path.name}: {e}", file=sys.stderr)
             return 1
     print_report(results, args.goal)
+    if not args.in_process and not any(r.labelled_records for r in results) and engine_has_dpi():
+        print("\nnote: the engine has DPI but replay --json carried no applicationName "
+              "(JSON lines formatter without the application fields?): try --in-process")
 
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(

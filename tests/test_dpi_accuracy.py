@@ -4,12 +4,13 @@
 The parsing and keying of both sides always run, on canned ndpiReader
 lines and hand-made records. The comparison itself runs on a few captures
 of $FLOWPROBE_CORPUS/ndpi-sample: it skips visibly without the corpus, without
-ndpiReader (Debian libndpi-bin) or when this build has no DPI stage."""
+ndpiReader (Debian libndpi-bin) or when this build has no DPI stage. It
+reads the engine's records through its Python binding (bench-dpi
+--in-process): what is checked is the engine, not the JSON lines formatter."""
 from __future__ import annotations
 
 import importlib.util
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -134,10 +135,6 @@ CAPTURES = ["dns_doh.pcap", "ajp.pcap", "smtp-starttls.pcap", "quic-24.pcap",
             "telnet.pcap", "ocsp.pcapng", "whatsapp_login_call.pcap", "1kxun.pcap"]
 
 
-def _engine_has_dpi() -> bool:
-    exe = acc.flowprobe_exe()
-    out = subprocess.run([exe, "replay", "--help"], capture_output=True, text=True).stdout
-    return "--no-dpi" in out
 
 
 def _corpus_capture(name):
@@ -155,10 +152,10 @@ def agreement():
         pytest.skip(corpus.SKIP_REASON)
     if shutil.which(acc.NDPIREADER) is None:
         pytest.skip("ndpiReader is not installed: apt-get install libndpi-bin (make deps)")
-    if not _engine_has_dpi():
-        pytest.skip("this build has no DPI stage (flowprobe replay has no --no-dpi)")
+    if not acc.engine_has_dpi():
+        pytest.skip("this build's flow engine has no DPI stage")
     limit = acc.engine_packet_limit()
-    return [acc.compare_file(_corpus_capture(name), limit) for name in CAPTURES]
+    return [acc.compare_file(_corpus_capture(name), limit, in_process=True) for name in CAPTURES]
 
 
 def test_labels_agree_with_ndpireader(agreement):

@@ -1,0 +1,200 @@
+"""Seeded flows whose application is known (DNS, TLS with SNI, HTTP, over
+IPv4 and IPv6, tagged or not) get exact labels, the same as ndpiReader 4.2
+gives them on the same capture.
+
+The capture is made here from packets.py's builders: each conversation a
+real exchange (TCP handshake, in-sequence payloads, answers) so nDPI sees
+what it sees on a wire. The labels of the engine are checked when this build
+has a DPI stage; ndpiReader's whenever it is installed (Debian libndpi-bin),
+which keeps the expected labels honest."""
+from __future__ import annotations
+
+import importlib.util
+import random
+import shutil
+import struct
+import sys
+
+import pytest
+
+from packets import (TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, addr_bytes, ether, ipv4, ipv6,
+                     tcp, udp, with_l4_checksum, write_pcap)
+from repo import REPO
+
+_spec = importlib.util.spec_from_file_location("dpi_accuracy", REPO / "bench" / "dpi_accuracy.py")
+acc = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("dpi_accuracy", acc)
+_spec.loader.exec_module(acc)
+
+START_NS = 1685577600 * 10**9
+CLIENT4, CLIENT6 = "198.18.0.10", "2001:db8::10"
+
+
+# ----------------------------------------------------------------- payloads
+
+def dns_query(qid: int, name: str) -> bytes:
+    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", 1, 1)
+
+
+def dns_answer(qid: int, name: str, addr: str) -> bytes:
+    q = dns_query(qid, name)[12:]
+    rr = struct.pack("!HHHIH", 0xC00C, 1, 1, 300, 4) + addr_bytes(addr)
+    return struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + q + rr
+
+
+def tls_client_hello(sni: str, rng: random.Random) -> bytes:
+    host = sni.encode()
+    sni_ext = struct.pack("!HHHBH", 0, len(host) + 5, len(host) + 3, 0, len(host)) + host
+    groups = struct.pack("!HHH", 10, 4, 2) + struct.pack("!H", 29)
+    exts = sni_ext + groups
+    suites = struct.pack("!H", 4) + struct.pack("!HH", 0xC02F, 0x1301)
+    body = (struct.pack("!H", 0x0303) + bytes(rng.getrandbits(8) for _ in range(32)) + b"\0"
+            + suites + b"\x01\x00" + struct.pack("!H", len(exts)) + exts)
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+
+
+def tls_server_hello(rng: random.Random) -> bytes:
+    body = (struct.pack("!H", 0x0303) + bytes(rng.getrandbits(8) for _ in range(32)) + b"\0"
+            + struct.pack("!H", 0xC02F) + b"\x00" + struct.pack("!H", 0))
+    hs = b"\x02" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x03" + struct.pack("!H", len(hs)) + hs
+
+
+def http_get(host: str) -> bytes:
+    return (f"GET /index.html HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0\r\n"
+            "Accept: */*\r\n\r\n").encode()
+
+
+HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\n\r\nhello"
+
+
+# -------------------------------------------------------------- conversations
+
+class Capture:
+    """Frames of several conversations, in time order, with what each must be
+    labelled: {(proto, client, cport, server, sport): label}."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.frames: list[tuple[int, bytes]] = []
+        self.expected: dict[tuple, str] = {}
+        self.t = START_NS
+
+    def _frame(self, src, dst, proto, seg, *, tos=0, vlans=()):
+        self.t += 1_000_000
+        seg = with_l4_checksum(addr_bytes(src), addr_bytes(dst), proto, seg)
+        if ":" in src:
+            frame = ether(ipv6(src, dst, proto, seg, tc=tos), 0x86DD, vlans=vlans)
+        else:
+            frame = ether(ipv4(src, dst, proto, seg, tos=tos), 0x0800, vlans=vlans)
+        self.frames.append((self.t, frame))
+
+    def udp_exchange(self, client, server, dport, request, answer, label, *, vlans=()):
+        cport = self.rng.randrange(32768, 61000)
+        self._frame(client, server, 17, udp(cport, dport, request), vlans=vlans)
+        self._frame(server, client, 17, udp(dport, cport, answer), vlans=vlans)
+        self.expected[(17, client, cport, server, dport)] = label
+
+    def tcp_exchange(self, client, server, dport, request, answer, label, *,
+                     vlans=(), server_tos=0):
+        """Handshake, request, answer, FIN both ways: sequence numbers as on a wire."""
+        cport = self.rng.randrange(32768, 61000)
+        c, s = self.rng.randrange(1 << 31), self.rng.randrange(1 << 31)
+
+        def out(flags, payload=b"", *, seq, ack):
+            self._frame(client, server, 6, tcp(cport, dport, flags, payload, seq=seq, ack=ack),
+                        vlans=vlans)
+
+        def back(flags, payload=b"", *, seq, ack):
+            self._frame(server, client, 6, tcp(dport, cport, flags, payload, seq=seq, ack=ack),
+                        tos=server_tos, vlans=vlans)
+
+        out(TCP_SYN, seq=c, ack=0)
+        back(TCP_SYN | TCP_ACK, seq=s, ack=c + 1)
+        out(TCP_ACK, seq=c + 1, ack=s + 1)
+        out(TCP_PSH | TCP_ACK, request, seq=c + 1, ack=s + 1)
+        c2 = c + 1 + len(request)
+        back(TCP_ACK, seq=s + 1, ack=c2)
+        back(TCP_PSH | TCP_ACK, answer, seq=s + 1, ack=c2)
+        s2 = s + 1 + len(answer)
+        out(TCP_ACK, seq=c2, ack=s2)
+        out(TCP_FIN | TCP_ACK, seq=c2, ack=s2)
+        back(TCP_FIN | TCP_ACK, seq=s2, ack=c2 + 1)
+        out(TCP_ACK, seq=c2 + 1, ack=s2 + 1)
+        self.expected[(6, client, cport, server, dport)] = label
+
+
+def seeded_capture(path, seed=15) -> dict[tuple, str]:
+    """The capture: DNS, TLS with SNI and HTTP, named and plain, IPv4 and
+    IPv6, one VLAN-tagged; returns the expected label per conversation."""
+    cap = Capture(seed)
+    rng = cap.rng
+    cap.udp_exchange(CLIENT4, "198.18.1.1", 53, dns_query(0x1234, "www.example.org"),
+                     dns_answer(0x1234, "www.example.org", "198.18.2.1"), "DNS")
+    cap.udp_exchange(CLIENT4, "198.18.1.1", 53, dns_query(0x4321, "www.google.com"),
+                     dns_answer(0x4321, "www.google.com", "198.18.2.2"), "DNS.Google")
+    cap.udp_exchange(CLIENT6, "2001:db8::53", 53, dns_query(0x2222, "www.example.org"),
+                     dns_answer(0x2222, "www.example.org", "198.18.2.1"), "DNS")
+    cap.tcp_exchange(CLIENT4, "198.18.3.1", 443, tls_client_hello("www.google.com", rng),
+                     tls_server_hello(rng), "TLS.Google")
+    cap.tcp_exchange(CLIENT4, "198.18.3.2", 443, tls_client_hello("www.netflix.com", rng),
+                     tls_server_hello(rng), "TLS.NetFlix", vlans=(7,))
+    cap.tcp_exchange(CLIENT6, "2001:db8::443", 443, tls_client_hello("www.example.org", rng),
+                     tls_server_hello(rng), "TLS")
+    cap.tcp_exchange(CLIENT4, "198.18.4.1", 80, http_get("www.example.org"), HTTP_OK, "HTTP")
+    cap.tcp_exchange(CLIENT4, "198.18.4.2", 80, http_get("www.netflix.com"), HTTP_OK,
+                     "HTTP.NetFlix")
+    write_pcap(path, cap.frames)
+    return cap.expected
+
+
+def _labels(expected: dict, flows) -> dict:
+    """What each expected conversation got: {key: label}, through
+    bench-dpi's keying (both directions, IPv6 spelt as ndpiReader does)."""
+    got = {}
+    for (proto, client, cport, server, sport), _ in expected.items():
+        key = acc.conversation_key(proto, *_spell(client, cport, server, sport))
+        got[(proto, client, cport, server, sport)] = flows.get(key)
+    return got
+
+
+def _spell(client, cport, server, sport):
+    if ":" in client:
+        return acc.ndpi_ipv6_text(client), cport, acc.ndpi_ipv6_text(server), sport
+    return client, cport, server, sport
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dpi") / "labels.pcap"
+    return path, seeded_capture(path)
+
+
+def test_ndpireader_gives_the_expected_labels(capture):
+    """The reference labels the seeded conversations as expected (so the
+    expected labels are nDPI 4.2's, not guesses)."""
+    if shutil.which(acc.NDPIREADER) is None:
+        pytest.skip("ndpiReader is not installed: apt-get install libndpi-bin (make deps)")
+    path, expected = capture
+    flows = {f.key: f.label for f in acc.run_reference(path)}
+    assert _labels(expected, flows) == expected
+
+
+
+
+@pytest.mark.parametrize("long_timers", [True, False], ids=["one-record", "default-timers"])
+def test_engine_gives_the_expected_labels(capture, long_timers):
+    """Every record of each seeded conversation (both directions) carries
+    exactly the expected label, with the default timers too (the FIN ends
+    each TCP conversation)."""
+    if not acc.engine_has_dpi():
+        pytest.skip("this build's flow engine has no DPI stage")
+    path, expected = capture
+    records, _ = acc.run_flowprobe_in_process(path, long_timers)
+    per_key: dict = {}
+    for r in records:
+        per_key.setdefault(acc.record_key(r), set()).add(acc.record_label(r))
+    flows = {k: (v.pop() if len(v) == 1 else sorted(map(str, v))) for k, v in per_key.items()}
+    assert _labels(expected, flows) == expected
