@@ -17,7 +17,7 @@
 
 /* ---- records ---------------------------------------------------------- */
 
-static void emit(struct ft_table *t, const struct ft_flow *f, int reason)
+static void emit(struct ft_table *t, struct ft_flow *f, int reason)
 {
     uint32_t at = (t->pending_head + t->pending_count) % t->cfg.record_buffer;
     struct ft_record *r = &t->pending[at];
@@ -42,21 +42,43 @@ static void emit(struct ft_table *t, const struct ft_flow *f, int reason)
     r->has_mac = (f->state & FLOW_MAC) ? 1 : 0;
     memcpy(r->dst_mac, f->mac, 6);
     memcpy(r->src_mac, f->mac + 6, 6);
-    r->app_master = 0;         /* filled by the DPI stage when it is on */
-    r->app_id = 0;
-    r->app_source = FT_APP_NONE;
-    r->app_name[0] = '\0';
+    if (t->dpi) {
+        ft_dpi_label(t, f, r); /* ends detection first if it is still on */
+    } else {
+        r->app_master = 0;
+        r->app_id = 0;
+        r->app_source = FT_APP_NONE;
+        r->app_name[0] = '\0';
+    }
     t->pending_count++;
     t->st.flows_expired[reason]++;
 }
 
 /* ---- flow end --------------------------------------------------------- */
 
-/* Emit and free a flow: unlink from its hash chain and the wheel. */
+/* Emit and free a flow: unlink from its hash chain and the wheel.
+ *
+ * With DPI on, a flow ended by the active timeout is emitted and kept,
+ * emptied, in place: its key, its hash chain and its application label stay,
+ * so the next record of a long conversation carries the same label without
+ * inspecting it again. The empty flow takes its next packet as its first;
+ * when it is due again without one (idle, eviction, flush) it is freed
+ * without a record. */
 void ft_expire_flow(struct ft_table *t, struct ft_flow *f, int reason)
 {
     uint32_t id = (uint32_t)(f - t->flows);
-    emit(t, f, reason);
+    if (f->packets)
+        emit(t, f, reason);
+    if (reason == FT_END_ACTIVE && t->dpi && f->packets) {
+        f->packets = f->octets = 0;
+        f->tcp_flags = 0;
+        /* Due again at the idle timeout after its last packet, or the
+         * active timeout from now: never in the slot being processed. */
+        f->first_ns = t->st.now_ns > f->last_ns ? t->st.now_ns : f->last_ns;
+        wheel_unlink(t, id);
+        wheel_insert(t, id);
+        return;
+    }
     uint32_t *pp = &t->buckets[key_hash(t, &f->key) & t->bucket_mask];
     while (*pp != id + 1)
         pp = &t->flows[*pp - 1].hnext;

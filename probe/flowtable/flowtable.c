@@ -12,7 +12,11 @@
  *            cache misses per packet); when a slot comes due each flow's
  *            real deadline is re-checked and the flow either expires or is
  *            re-inserted further on (lazy re-check);
- *   pending  a ring of expired records awaiting ft_expire().
+ *   pending  a ring of expired records awaiting ft_expire();
+ *   dpi      when dpi is on, nDPI's module and a pool of flow states
+ *            (dpi.c): a new flow shares its reverse's state or takes one,
+ *            and each packet of a flow under detection goes through nDPI
+ *            after the flow's update, in the same ft_ingest() call.
  *
  * Expiry decisions are exact, whatever the wheel's granularity: a packet
  * that finds its flow past a deadline expires that flow first (inline), so
@@ -95,15 +99,21 @@ static void mark_closing(struct ft_table *t, struct ft_flow *f)
     wheel_insert(t, id);
 }
 
-/* FIN both ways, or a RST either way, ends a TCP conversation. */
-static void tcp_end(struct ft_table *t, struct ft_flow *f, uint8_t flags)
+/* The flow of the opposite direction (same ifindex, VLAN, ToS), or NULL. */
+static struct ft_flow *reverse_of(struct ft_table *t, const struct ft_flow *f)
 {
     struct ft_key rk = f->key;
     memcpy(rk.src, f->key.dst, 16);
     memcpy(rk.dst, f->key.src, 16);
     rk.sport = f->key.dport;
     rk.dport = f->key.sport;
-    struct ft_flow *r = lookup(t, &rk, key_hash(t, &rk));
+    return lookup(t, &rk, key_hash(t, &rk));
+}
+
+/* FIN both ways, or a RST either way, ends a TCP conversation. */
+static void tcp_end(struct ft_table *t, struct ft_flow *f, uint8_t flags)
+{
+    struct ft_flow *r = reverse_of(t, f);
     if (flags & FT_TCP_RST) {
         mark_closing(t, f);
         if (r)
@@ -124,11 +134,19 @@ static void account(struct ft_table *t, const struct ft_parsed *p, uint64_t ts)
         int reason = due_reason(t, f, ts);
         if (reason) {
             ft_expire_flow(t, f, reason);
-            f = NULL;
+            if (!(f->state & FLOW_USED))
+                f = NULL; /* freed; else kept, emptied (expire.c) */
         }
     }
-    if (!f)
+    if (!f) {
         f = create(t, p, ts);
+        if (t->dpi)
+            ft_dpi_attach(t, f, reverse_of(t, f));
+    } else if (f->packets == 0) {
+        /* The first packet of a flow kept over an active timeout. */
+        f->first_ns = f->last_ns = ts;
+        f->ttl_min = f->ttl_max = p->ttl;
+    }
     f->packets++;
     f->octets += p->octets;
     if (ts > f->last_ns)
@@ -140,6 +158,8 @@ static void account(struct ft_table *t, const struct ft_parsed *p, uint64_t ts)
     if (p->ttl > f->ttl_max)
         f->ttl_max = p->ttl;
     f->tcp_flags |= p->tcp_flags;
+    if (f->state & FLOW_DPI)
+        ft_dpi_inspect(t, f, p, ts);
     if (p->key.proto == 6 && (p->tcp_flags & (FT_TCP_FIN | FT_TCP_RST)))
         tcp_end(t, f, p->tcp_flags);
 }
@@ -168,7 +188,8 @@ struct ft_table *ft_new(const struct ft_config *cfg, int *err)
     *err = -EINVAL;
     if (!cfg || cfg->max_flows == 0 || cfg->max_flows > (1u << 31) ||
         cfg->record_buffer < 64 * RECORDS_PER_PACKET ||
-        cfg->idle_timeout_ns == 0 || cfg->active_timeout_ns == 0)
+        cfg->idle_timeout_ns == 0 || cfg->active_timeout_ns == 0 ||
+        (cfg->dpi && (cfg->dpi_max_flows == 0 || cfg->dpi_max_flows > (1u << 24))))
         return NULL;
     *err = -ENOMEM;
     struct ft_table *t = calloc(1, sizeof(*t));
@@ -193,6 +214,13 @@ struct ft_table *ft_new(const struct ft_config *cfg, int *err)
         ft_free(t);
         return NULL;
     }
+    if (cfg->dpi) {
+        t->dpi = ft_dpi_new(cfg->dpi_max_flows, cfg->max_flows, err);
+        if (!t->dpi) {
+            ft_free(t);
+            return NULL;
+        }
+    }
     /* No free list to build: flows are taken from [fresh, max_flows) until
      * it runs out, so memory is touched only as flows are created. */
     for (uint32_t s = 0; s < WHEEL_SLOTS; s++)
@@ -208,6 +236,7 @@ void ft_free(struct ft_table *t)
     big_free(t->flows, (size_t)t->cfg.max_flows * sizeof(struct ft_flow));
     big_free(t->buckets, ((size_t)t->bucket_mask + 1) * sizeof(uint32_t));
     free(t->pending);
+    ft_dpi_free(t->dpi);
     free(t);
 }
 
@@ -215,7 +244,8 @@ uint64_t ft_memory_bytes(const struct ft_table *t)
 {
     return sizeof(*t) + (uint64_t)t->cfg.max_flows * sizeof(struct ft_flow) +
            ((uint64_t)t->bucket_mask + 1) * sizeof(uint32_t) +
-           (uint64_t)t->cfg.record_buffer * sizeof(struct ft_record);
+           (uint64_t)t->cfg.record_buffer * sizeof(struct ft_record) +
+           (t->dpi ? ft_dpi_memory_bytes(t->dpi) : 0);
 }
 
 /* Accounting of one parsed packet (stage 3 of the pipeline). */

@@ -61,6 +61,8 @@ struct ft_config {
     uint64_t active_timeout_ns;
     uint64_t tcp_end_grace_ns; /* after FIN both ways / RST */
     uint32_t ifindex;          /* ingress interface of packets without one */
+    uint32_t dpi;              /* 1: application identification (nDPI) on */
+    uint32_t dpi_max_flows;    /* nDPI flow states, allocated once (dpi on: >= 1) */
 };
 
 /* 64-bit counters of one table. Every packet offered to ft_ingest lands in
@@ -72,28 +74,46 @@ struct ft_stats {
     uint64_t skipped[9];       /* indexed by enum ft_skip */
     uint64_t l4_partial;       /* accepted without (all) transport fields */
     uint64_t fragments;        /* accepted non-first fragments (no ports) */
-    uint64_t flows_created;
+    uint64_t flows_created;    /* with dpi on, a flow kept over an active
+                                  timeout (expire.c) is created once */
     uint64_t flows_expired[6]; /* indexed by enum ft_end_reason (0 unused) */
     uint64_t records_emitted;  /* records handed out by ft_expire */
     uint64_t packets_emitted;  /* sum of packets over emitted records */
     uint64_t octets_emitted;
-    uint64_t flows_active;
+    uint64_t flows_active;     /* dpi on: includes flows kept (empty) over
+                                  an active timeout until they end */
     uint64_t flows_peak;
     uint64_t records_pending;
     uint64_t last_linktype_unsupported; /* the last unknown link type seen
                                            (the whole 32-bit value) */
     uint64_t now_ns;           /* the table's clock */
+    /* Application identification (all 0 when dpi is off). "Conversations"
+     * are the pairs of opposite flows that share one nDPI flow state.
+     * dpi_inspected = detected + guessed + unknown + dpi_pool_in_use. */
+    uint64_t dpi_inspected;    /* conversations given an nDPI state */
+    uint64_t dpi_detected;     /* ended classified by nDPI (FT_APP_DETECTED) */
+    uint64_t dpi_guessed;      /* ended with giveup's guess (FT_APP_GUESSED) */
+    uint64_t dpi_unknown;      /* ended with nothing (FT_APP_UNKNOWN) */
+    uint64_t dpi_no_state;     /* conversations that found the pool empty */
+    uint64_t dpi_packets;      /* packets given to ndpi_detection_process_packet */
+    uint64_t dpi_pool_in_use;  /* nDPI states held now */
+    uint64_t dpi_pool_peak;    /* their high-water mark */
 };
 
 struct ft_table;
 
-/* Returns NULL with *err set to a negative errno (-EINVAL, -ENOMEM). */
+/* Returns NULL with *err set to a negative errno (-EINVAL, -ENOMEM; -ENOSYS
+ * when dpi is on and the nDPI library does not match the headers built
+ * against: its flow state has another size). */
 struct ft_table *ft_new(const struct ft_config *cfg, int *err);
 void ft_free(struct ft_table *t);
 
-/* The approximate memory the table holds, and the bytes per flow slot. */
+/* The approximate memory the table holds (nDPI's module and the bytes nDPI
+ * allocates inside flow states excluded), the bytes per flow slot, and the
+ * bytes per nDPI flow state slot (struct ndpi_flow_struct + bookkeeping). */
 uint64_t ft_memory_bytes(const struct ft_table *t);
 uint32_t ft_flow_entry_size(void);
+uint32_t ft_dpi_slot_size(void);
 
 /*
  * Parse and account packets pkts[0..n). Stops early when the pending record

@@ -3,7 +3,8 @@
 
 The cdef is the real headers, read from disk: include/ft_records.h (packets
 and records, shared with the drivers and the encoder), then flowtable.h (the
-engine's API). The sources are the real .c files. setup.py names this file
+engine's API). The sources are the real .c files; dpi.c links libndpi
+(application identification), whose headers stay out of the cdef. setup.py names this file
 in ``cffi_modules``.
 """
 from pathlib import Path
@@ -12,8 +13,11 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 INCLUDE = HERE.parents[1] / "include"
-SOURCES = ["flowtable.c", "expire.c", "parse.c"]
-CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"]
+SOURCES = ["flowtable.c", "expire.c", "parse.c", "dpi.c"]
+# nDPI 4.2 (libndpi-dev): its headers are included as system headers so
+# that -Werror applies to our code only; nothing of nDPI is in the cdef.
+NDPI_INCLUDE = "/usr/include/ndpi"
+CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-isystem", NDPI_INCLUDE]
 
 ffibuilder = FFI()
 ffibuilder.cdef((INCLUDE / "ft_records.h").read_text())
@@ -25,4 +29,5 @@ ffibuilder.set_source(
     sources=[str(HERE / s) for s in SOURCES],
     include_dirs=[str(HERE), str(INCLUDE)],
     extra_compile_args=CFLAGS,
+    libraries=["ndpi"],
 )

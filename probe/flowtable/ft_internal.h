@@ -40,6 +40,9 @@ struct ft_parsed {
     uint8_t fragment;       /* a non-first fragment: no ports */
     uint8_t pad;
     const uint8_t *mac;     /* destination MAC, then source MAC */
+    const uint8_t *l3;      /* the IP header (into the packet's data) */
+    uint32_t l3_len;        /* captured bytes of the datagram from l3 on */
+    uint32_t pad2;
 };
 
 /* Parse one packet. Returns FT_PARSE_OK, or an enum ft_skip reason. */

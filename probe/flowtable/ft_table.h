@@ -21,7 +21,10 @@
 #define NIL UINT32_MAX
 #define RECORDS_PER_PACKET 2           /* worst case: its own flow + an eviction */
 
-enum { FLOW_USED = 1, FLOW_FIN = 2, FLOW_CLOSING = 4, FLOW_MAC = 8 };
+/* FLOW_DPI: under detection, its nDPI state is in dpi.c's per-flow side
+ * array (the label lives there too, so entries stay 112 bytes and DPI off
+ * costs nothing). */
+enum { FLOW_USED = 1, FLOW_FIN = 2, FLOW_CLOSING = 4, FLOW_MAC = 8, FLOW_DPI = 16 };
 
 struct ft_flow {
     struct ft_key key;
@@ -62,6 +65,7 @@ struct ft_table {
     uint32_t pending_count;
     struct ft_stats st;
     uint64_t seed[8];               /* hash seed, from getrandom() */
+    struct ft_dpi *dpi;             /* NULL when DPI is off (dpi.c) */
 };
 
 /* ---- hashing ---------------------------------------------------------- */
@@ -162,5 +166,26 @@ static inline int due_reason(const struct ft_table *t, const struct ft_flow *f, 
  * room when the table is full by evicting the flow due first. */
 void ft_expire_flow(struct ft_table *t, struct ft_flow *f, int reason);
 void ft_evict_one(struct ft_table *t);
+
+/* ---- application identification (dpi.c) -------------------------------- */
+
+struct ft_dpi;
+
+/* Allocate the nDPI module, a pool of `slots` flow states and the label
+ * side array of max_flows entries; NULL with *err set (-ENOMEM, -ENOSYS on
+ * a library/header mismatch). */
+struct ft_dpi *ft_dpi_new(uint32_t slots, uint32_t max_flows, int *err);
+/* Frees the pool (releasing what nDPI holds in each state) and the module. */
+void ft_dpi_free(struct ft_dpi *d);
+uint64_t ft_dpi_memory_bytes(const struct ft_dpi *d);
+/* A new flow f: share the nDPI state of its reverse flow r (may be NULL),
+ * copy r's final label, or take a state from the pool. */
+void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r);
+/* One packet of a flow under detection (f->state & FLOW_DPI). */
+void ft_dpi_inspect(struct ft_table *t, struct ft_flow *f, const struct ft_parsed *p,
+                    uint64_t ts_ns);
+/* f is about to be emitted: end its detection (giveup) if it is under
+ * detection, then write its label into r. */
+void ft_dpi_label(struct ft_table *t, struct ft_flow *f, struct ft_record *r);
 
 #endif

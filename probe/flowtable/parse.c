@@ -370,9 +370,17 @@ int ft_parse(const struct ft_pkt *p, uint32_t linktype, struct ft_parsed *o)
         if (cap >= 1 && (ip[0] >> 4) != (linktype == FT_LINK_IPV4 ? 4 : 6))
             return FT_SKIP_IP_VERSION;
     }
+    int v;
     if (et == ETH_P_IPV4)
-        return parse_ipv4(o, ip, cap, wire);
-    if (et == ETH_P_IPV6)
-        return parse_ipv6(o, ip, cap, wire);
-    return FT_SKIP_NON_IP;
+        v = parse_ipv4(o, ip, cap, wire);
+    else if (et == ETH_P_IPV6)
+        v = parse_ipv6(o, ip, cap, wire);
+    else
+        return FT_SKIP_NON_IP;
+    if (v == FT_PARSE_OK) {
+        /* What DPI reads: the datagram as captured, never the padding. */
+        o->l3 = ip;
+        o->l3_len = o->octets < cap ? o->octets : cap;
+    }
+    return v;
 }

@@ -35,6 +35,19 @@ END_REASONS = {
     lib.FT_END_RESOURCES: "lack_of_resources",
 }
 
+#: Names of enum ft_app_source: where a record's application label came from.
+APP_SOURCES = {
+    lib.FT_APP_NONE: "none",
+    lib.FT_APP_DETECTED: "detected",
+    lib.FT_APP_GUESSED: "guessed",
+    lib.FT_APP_NO_STATE: "no_state",
+    lib.FT_APP_UNKNOWN: "unknown",
+}
+
+#: The DPI counters of struct ft_stats, by the names stats() gives them.
+DPI_COUNTERS = ("inspected", "detected", "guessed", "unknown", "no_state",
+                "packets", "pool_in_use", "pool_peak")
+
 NS_PER_S = 1_000_000_000
 
 #: A sink receives a ``struct ft_record *`` (this module's ffi) and a count.
@@ -66,6 +79,8 @@ def _c_config(flow_cfg, ifindex: int):
     cfg.active_timeout_ns = int(flow_cfg.active_timeout_s * NS_PER_S)
     cfg.tcp_end_grace_ns = int(flow_cfg.tcp_end_grace_s * NS_PER_S)
     cfg.ifindex = ifindex
+    cfg.dpi = 1 if flow_cfg.dpi else 0
+    cfg.dpi_max_flows = flow_cfg.dpi_max_flows
     return cfg
 
 
@@ -73,7 +88,8 @@ class FlowTable:
     """A fixed-capacity flow table fed by packet batches.
 
     ``flow_cfg`` is the ``flow`` section of the configuration (max_flows,
-    record_buffer, idle/active timeouts, tcp_end_grace_s). ``sink`` gets
+    record_buffer, idle/active timeouts, tcp_end_grace_s, dpi and
+    dpi_max_flows: application identification with nDPI). ``sink`` gets
     every expired record batch; ``record_batch`` sizes the array it gets.
     """
 
@@ -83,7 +99,8 @@ class FlowTable:
         table = lib.ft_new(_c_config(flow_cfg, ifindex), err)
         if table == ffi.NULL:
             raise FlowTableError(
-                f"cannot create flow table (max_flows={flow_cfg.max_flows}): "
+                f"cannot create flow table (max_flows={flow_cfg.max_flows}, "
+                f"dpi={flow_cfg.dpi}, dpi_max_flows={flow_cfg.dpi_max_flows}): "
                 f"{os.strerror(-err[0])}")
         self._table = ffi.gc(table, lib.ft_free)
         self._sink = sink or (lambda records, n: None)
@@ -143,6 +160,11 @@ class FlowTable:
     def entry_size() -> int:
         return lib.ft_flow_entry_size()
 
+    @staticmethod
+    def dpi_slot_size() -> int:
+        """Bytes per nDPI flow state slot (the pool holds dpi_max_flows)."""
+        return lib.ft_dpi_slot_size()
+
     def set_timeouts(self, flow_cfg) -> None:
         """Apply flow_cfg's idle/active/TCP-grace timers to the live table."""
         rc = lib.ft_set_timeouts(self._table, int(flow_cfg.idle_timeout_s * NS_PER_S),
@@ -172,6 +194,7 @@ class FlowTable:
             "records_pending": s.records_pending,
             "last_linktype_unsupported": s.last_linktype_unsupported,
             "now_ns": s.now_ns,
+            "dpi": {name: getattr(s, "dpi_" + name) for name in DPI_COUNTERS},
         }
 
 
@@ -218,6 +241,10 @@ def record_to_dict(rec) -> dict:
     if rec.has_mac:
         d["sourceMacAddress"] = _mac(rec.src_mac)
         d["destinationMacAddress"] = _mac(rec.dst_mac)
+    if rec.app_source != lib.FT_APP_NONE:
+        d["applicationName"] = ffi.string(rec.app_name).decode("latin-1")
+        d["ndpiMasterProtocol"] = rec.app_master
+        d["ndpiAppProtocol"] = rec.app_id
     return d
 
 

@@ -2,10 +2,12 @@
  * ft_replay.c - replay capture files through the flow engine in pure C, for
  * the sanitizer builds (ASan + UBSan): every packet is ingested in batches
  * as the Python path does, every flow is expired, and conservation is
- * checked. Prints one line of counters per file; exits 1 on a broken
- * invariant, 2 on a file error.
+ * checked. Application identification (nDPI) is on unless -n: every nDPI
+ * state must be back in the pool at the end, and each one inspected must
+ * have ended one way (detected, guessed, unknown). Prints one line of
+ * counters per file; exits 1 on a broken invariant, 2 on a file error.
  *
- *   ft_replay [-m max_flows] [-b batch] FILE...
+ *   ft_replay [-m max_flows] [-b batch] [-p dpi_pool] [-n] FILE...
  */
 #include <pcap/pcap.h>
 #include <stdio.h>
@@ -18,7 +20,7 @@
 
 #define ARENA_BYTES (1u << 22)
 
-static int replay(const char *path, uint32_t max_flows, size_t batch)
+static int replay(const char *path, uint32_t max_flows, size_t batch, uint32_t dpi_pool)
 {
     char errbuf[PCAP_ERRBUF_SIZE];
     pcap_t *pc = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_NANO, errbuf);
@@ -30,6 +32,7 @@ static int replay(const char *path, uint32_t max_flows, size_t batch)
         .max_flows = max_flows, .record_buffer = 4096,
         .idle_timeout_ns = 30000000000ull, .active_timeout_ns = 120000000000ull,
         .tcp_end_grace_ns = 2000000000ull, .ifindex = 1,
+        .dpi = dpi_pool ? 1 : 0, .dpi_max_flows = dpi_pool,
     };
     int err;
     struct ft_table *t = ft_new(&cfg, &err);
@@ -90,12 +93,18 @@ static int replay(const char *path, uint32_t max_flows, size_t batch)
     for (int i = 0; i < FT_SKIP_COUNT; i++)
         skipped += st.skipped[i];
     int ok = rec_pkts == st.packets_accepted && rec_octets == st.octets_accepted &&
-             st.packets_seen == st.packets_accepted + skipped && st.flows_active == 0;
-    printf("%s linktype=%d seen=%llu accepted=%llu skipped=%llu emitted=%llu octets=%llu/%llu flows=%llu %s\n",
+             st.packets_seen == st.packets_accepted + skipped && st.flows_active == 0 &&
+             st.dpi_pool_in_use == 0 &&
+             st.dpi_inspected == st.dpi_detected + st.dpi_guessed + st.dpi_unknown;
+    printf("%s linktype=%d seen=%llu accepted=%llu skipped=%llu emitted=%llu octets=%llu/%llu flows=%llu "
+           "dpi_packets=%llu dpi_inspected=%llu detected=%llu guessed=%llu unknown=%llu no_state=%llu %s\n",
            path, linktype, (unsigned long long)st.packets_seen,
            (unsigned long long)st.packets_accepted, (unsigned long long)skipped,
            (unsigned long long)rec_pkts, (unsigned long long)rec_octets,
            (unsigned long long)st.octets_accepted, (unsigned long long)st.flows_created,
+           (unsigned long long)st.dpi_packets, (unsigned long long)st.dpi_inspected,
+           (unsigned long long)st.dpi_detected, (unsigned long long)st.dpi_guessed,
+           (unsigned long long)st.dpi_unknown, (unsigned long long)st.dpi_no_state,
            ok ? "ok" : "BROKEN");
     ft_free(t);
     free(pkts);
@@ -109,17 +118,22 @@ int main(int argc, char **argv)
 {
     uint32_t max_flows = 4096;
     size_t batch = 256;
+    uint32_t dpi_pool = 1024;
     int opt, rc = 0;
-    while ((opt = getopt(argc, argv, "m:b:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:b:p:n")) != -1) {
         if (opt == 'm')
             max_flows = (uint32_t)strtoul(optarg, NULL, 10);
         else if (opt == 'b')
             batch = strtoul(optarg, NULL, 10);
+        else if (opt == 'p')
+            dpi_pool = (uint32_t)strtoul(optarg, NULL, 10);
+        else if (opt == 'n')
+            dpi_pool = 0;
         else
             return 2;
     }
     for (int i = optind; i < argc; i++) {
-        int r = replay(argv[i], max_flows, batch);
+        int r = replay(argv[i], max_flows, batch, dpi_pool);
         if (r > rc)
             rc = r;
     }

@@ -1,0 +1,282 @@
+/*
+ * dpi.c - application identification with nDPI 4.2: one detection module
+ * per table, and a bounded pool of nDPI flow states, each shared by the two
+ * opposite flows of a conversation while it is under detection.
+ *
+ * Ownership and lifetime
+ *   - ft_dpi_new() (from ft_new(), only when dpi is on) allocates the module
+ *     and reserves the pool, dpi_max_flows slots of struct dpi_slot, and a
+ *     side array of one struct flow_app per flow slot (the flow entries stay
+ *     112 bytes); both are touched only as they are first used. ft_dpi_free()
+ *     (from ft_free()) releases all of it. Nothing here is allocated per
+ *     packet; nDPI itself allocates small buffers inside a flow state (URLs,
+ *     certificate names), released with ndpi_free_flow_data() when the state
+ *     returns to the pool or the pool is freed.
+ *   - A slot in use is held by one or two flows: owner[0] is the direction
+ *     seen first, owner[1] its reverse once seen (flow index + 1, 0 = none);
+ *     each owner has FLOW_DPI set and apps[its index].slot = slot index + 1.
+ *     A slot returns to the pool only in finish(), which writes the label
+ *     into every owner and clears their FLOW_DPI and .slot, so no flow ever
+ *     points at a free slot.
+ *   - apps[i] holds flow i's label (source, master, app ids) from its first
+ *     packet (ft_dpi_attach) until the flow's slot is reused; the name is
+ *     made from the ids when a record is written.
+ *
+ * When detection ends (finish), for both directions at once
+ *   - nDPI names the application and wants no more packets
+ *     (!ndpi_extra_dissection_possible): FT_APP_DETECTED;
+ *   - FT_DPI_MAX_PACKETS packets of the conversation (both directions
+ *     counted) went through nDPI: nDPI's label if it has one, else giveup;
+ *   - an owner is emitted (idle or active timeout, TCP end, eviction, flush)
+ *     while still under detection: giveup. The first direction to end decides
+ *     for both, so the records of one conversation always carry the same
+ *     label; the price is that a reverse outliving it is not inspected
+ *     further.
+ *   - giveup: ndpi_detection_giveup(guess on): FT_APP_GUESSED when nDPI says
+ *     it guessed, FT_APP_DETECTED when it returns what the packets showed,
+ *     FT_APP_UNKNOWN ("Unknown") when nothing.
+ * A flow that begins while its reverse is alive with a final label copies it
+ * (so after an active timeout the continuation keeps the label as long as
+ * the other direction lives); a reverse that found the pool empty passes on
+ * FT_APP_NO_STATE. The key includes ifindex, VLAN and ToS: directions that
+ * differ in those are two conversations to nDPI.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <ndpi_api.h>
+
+#include "ft_table.h"
+
+/* Packets of a conversation (both directions) given to nDPI at most: nDPI
+ * classifies nearly everything within the first few packets (TCP handshake
+ * + first payloads); ndpiReader stops UDP at 24 too (TCP at 80). */
+#define FT_DPI_MAX_PACKETS 24
+
+struct dpi_slot {
+    struct ndpi_flow_struct nf;
+    ndpi_protocol last;        /* what the last packet returned */
+    uint32_t owner[2];         /* flow index + 1, 0 = none; owner[0] != 0 in use */
+    uint32_t next;             /* free list: slot index + 1, 0 = end */
+    uint32_t packets;          /* packets of the conversation inspected */
+};
+
+/* Per flow slot of the table (indexed like t->flows). */
+struct flow_app {
+    uint32_t slot;             /* nDPI state under detection: index + 1, or 0 */
+    uint16_t master;           /* the label once source is final */
+    uint16_t app;
+    uint8_t source;            /* enum ft_app_source */
+    uint8_t pad[3];
+};
+
+struct ft_dpi {
+    struct ndpi_detection_module_struct *mod;
+    struct dpi_slot *slots;
+    struct flow_app *apps;
+    uint32_t nslots;
+    uint32_t napps;
+    uint32_t fresh;            /* slots [fresh, nslots) never used */
+    uint32_t free_head;        /* slot index + 1, 0 = none */
+};
+
+uint32_t ft_dpi_slot_size(void) { return (uint32_t)sizeof(struct dpi_slot); }
+
+static void *map(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+struct ft_dpi *ft_dpi_new(uint32_t slots, uint32_t max_flows, int *err)
+{
+    *err = -EINVAL;
+    if (slots == 0)
+        return NULL;
+    *err = -ENOSYS;
+    if (ndpi_detection_get_sizeof_ndpi_flow_struct() != sizeof(struct ndpi_flow_struct))
+        return NULL;
+    *err = -ENOMEM;
+    struct ft_dpi *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->nslots = slots;
+    d->napps = max_flows;
+    d->slots = map((size_t)slots * sizeof(struct dpi_slot));
+    d->apps = map((size_t)max_flows * sizeof(struct flow_app));
+    d->mod = d->slots && d->apps ? ndpi_init_detection_module(ndpi_no_prefs) : NULL;
+    if (!d->slots || !d->apps || !d->mod) {
+        ft_dpi_free(d);
+        return NULL;
+    }
+    NDPI_PROTOCOL_BITMASK all;
+    NDPI_BITMASK_SET_ALL(all);
+    ndpi_set_protocol_detection_bitmask2(d->mod, &all);
+    ndpi_finalize_initialization(d->mod);
+    *err = 0;
+    return d;
+}
+
+void ft_dpi_free(struct ft_dpi *d)
+{
+    if (!d)
+        return;
+    if (d->slots) {
+        for (uint32_t i = 0; i < d->fresh; i++)
+            if (d->slots[i].owner[0])
+                ndpi_free_flow_data(&d->slots[i].nf);
+        munmap(d->slots, (size_t)d->nslots * sizeof(struct dpi_slot));
+    }
+    if (d->apps)
+        munmap(d->apps, (size_t)d->napps * sizeof(struct flow_app));
+    if (d->mod)
+        ndpi_exit_detection_module(d->mod);
+    free(d);
+}
+
+uint64_t ft_dpi_memory_bytes(const struct ft_dpi *d)
+{
+    return sizeof(*d) + (uint64_t)d->nslots * sizeof(struct dpi_slot) +
+           (uint64_t)d->napps * sizeof(struct flow_app);
+}
+
+/* ---- the pool ------------------------------------------------------------ */
+
+static struct dpi_slot *slot_take(struct ft_table *t)
+{
+    struct ft_dpi *d = t->dpi;
+    uint32_t i;
+    if (d->free_head) {
+        i = d->free_head - 1;
+        d->free_head = d->slots[i].next;
+    } else if (d->fresh < d->nslots) {
+        i = d->fresh++;
+    } else {
+        return NULL;
+    }
+    struct dpi_slot *s = &d->slots[i];
+    memset(s, 0, sizeof(*s));
+    t->st.dpi_inspected++;
+    if (++t->st.dpi_pool_in_use > t->st.dpi_pool_peak)
+        t->st.dpi_pool_peak = t->st.dpi_pool_in_use;
+    return s;
+}
+
+/* End detection: the label goes into every owner, the state to the pool. */
+static void finish(struct ft_table *t, struct dpi_slot *s, ndpi_protocol pr, int source)
+{
+    struct ft_dpi *d = t->dpi;
+    for (int k = 0; k < 2; k++) {
+        if (!s->owner[k])
+            continue;
+        uint32_t i = s->owner[k] - 1;
+        struct flow_app *a = &d->apps[i];
+        t->flows[i].state &= (uint8_t)~FLOW_DPI;
+        a->slot = 0;
+        a->source = (uint8_t)source;
+        a->master = pr.master_protocol;
+        a->app = pr.app_protocol;
+        s->owner[k] = 0;
+    }
+    if (source == FT_APP_DETECTED)
+        t->st.dpi_detected++;
+    else if (source == FT_APP_GUESSED)
+        t->st.dpi_guessed++;
+    else
+        t->st.dpi_unknown++;
+    ndpi_free_flow_data(&s->nf);
+    s->next = d->free_head;
+    d->free_head = (uint32_t)(s - d->slots) + 1;
+    t->st.dpi_pool_in_use--;
+}
+
+static void give_up(struct ft_table *t, struct dpi_slot *s)
+{
+    ndpi_protocol pr = s->last;
+    uint8_t guessed = 0;
+    if (pr.app_protocol == NDPI_PROTOCOL_UNKNOWN)
+        pr = ndpi_detection_giveup(t->dpi->mod, &s->nf, 1, &guessed);
+    int source = FT_APP_DETECTED;
+    if (pr.app_protocol == NDPI_PROTOCOL_UNKNOWN && pr.master_protocol == NDPI_PROTOCOL_UNKNOWN)
+        source = FT_APP_UNKNOWN;
+    else if (guessed)
+        source = FT_APP_GUESSED;
+    finish(t, s, pr, source);
+}
+
+/* ---- the flow table's hooks ---------------------------------------------- */
+
+void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r)
+{
+    struct ft_dpi *d = t->dpi;
+    uint32_t id = (uint32_t)(f - t->flows);
+    struct flow_app *a = &d->apps[id];
+    *a = (struct flow_app){ .source = FT_APP_NONE };
+    if (r) {
+        const struct flow_app *ra = &d->apps[r - t->flows];
+        if (r->state & FLOW_DPI) {
+            /* The reverse is under detection: share its state. Its other
+             * owner place is free (an owner's end finishes the slot). */
+            struct dpi_slot *s = &d->slots[ra->slot - 1];
+            int k = !s->owner[0] ? 0 : !s->owner[1] ? 1 : -1;
+            if (k >= 0) {
+                s->owner[k] = id + 1;
+                a->slot = ra->slot;
+                f->state |= FLOW_DPI;
+                return;
+            }
+        } else if (ra->source != FT_APP_NONE) {
+            a->source = ra->source; /* final: copy it */
+            a->master = ra->master;
+            a->app = ra->app;
+            return;
+        }
+    }
+    struct dpi_slot *s = slot_take(t);
+    if (!s) {
+        a->source = FT_APP_NO_STATE;
+        t->st.dpi_no_state++;
+        return;
+    }
+    s->owner[0] = id + 1;
+    a->slot = (uint32_t)(s - d->slots) + 1;
+    f->state |= FLOW_DPI;
+}
+
+void ft_dpi_inspect(struct ft_table *t, struct ft_flow *f, const struct ft_parsed *p,
+                    uint64_t ts_ns)
+{
+    struct ft_dpi *d = t->dpi;
+    struct dpi_slot *s = &d->slots[d->apps[f - t->flows].slot - 1];
+    uint32_t len = p->l3_len > 0xffff ? 0xffff : p->l3_len;
+    s->last = ndpi_detection_process_packet(d->mod, &s->nf, p->l3, (unsigned short)len,
+                                            ts_ns / 1000000);
+    s->packets++;
+    t->st.dpi_packets++;
+    if (s->last.app_protocol != NDPI_PROTOCOL_UNKNOWN) {
+        /* Classified; nDPI may still want a certificate or the like. */
+        if (s->packets >= FT_DPI_MAX_PACKETS || !ndpi_extra_dissection_possible(d->mod, &s->nf))
+            finish(t, s, s->last, FT_APP_DETECTED);
+    } else if (s->packets >= FT_DPI_MAX_PACKETS) {
+        give_up(t, s);
+    }
+}
+
+void ft_dpi_label(struct ft_table *t, struct ft_flow *f, struct ft_record *r)
+{
+    struct ft_dpi *d = t->dpi;
+    const struct flow_app *a = &d->apps[f - t->flows];
+    if (f->state & FLOW_DPI)
+        give_up(t, &d->slots[a->slot - 1]);
+    r->app_source = a->source;
+    r->app_master = a->master;
+    r->app_id = a->app;
+    r->app_name[0] = '\0';
+    if (a->source == FT_APP_DETECTED || a->source == FT_APP_GUESSED ||
+        a->source == FT_APP_UNKNOWN) {
+        ndpi_protocol pr = { .master_protocol = a->master, .app_protocol = a->app };
+        ndpi_protocol2name(d->mod, pr, r->app_name, sizeof(r->app_name));
+    }
+}
