@@ -1,12 +1,15 @@
-"""Seeded flows whose application is known (DNS, TLS with SNI, HTTP, over
-IPv4 and IPv6, tagged or not) get exact labels, the same as ndpiReader 4.2
-gives them on the same capture.
+"""Application labels against ndpiReader 4.2 on seeded conversations.
 
-The capture is made here from packets.py's builders: each conversation a
-real exchange (TCP handshake, in-sequence payloads, answers) so nDPI sees
-what it sees on a wire. The labels of the engine are checked when this build
-has a DPI stage; ndpiReader's whenever it is installed (Debian libndpi-bin),
-which keeps the expected labels honest."""
+- The seeded DNS/TLS/HTTP conversations of tests/test_dpi.py (whose exact
+  labels the engine must give) get those same labels from ndpiReader: the
+  expected labels are nDPI 4.2's, not guesses.
+- Conversations that are awkward for a flow table (the server answering
+  with another DSCP, so that its direction is another flow key since ToS is
+  part of it; a VLAN tag; IPv6), made here with real TCP sequence numbers,
+  get ndpiReader's label in every record of both directions.
+
+ndpiReader (Debian libndpi-bin) checks skip without it; engine checks skip
+when this build's engine has no DPI stage."""
 from __future__ import annotations
 
 import importlib.util
@@ -91,10 +94,11 @@ class Capture:
             frame = ether(ipv4(src, dst, proto, seg, tos=tos), 0x0800, vlans=vlans)
         self.frames.append((self.t, frame))
 
-    def udp_exchange(self, client, server, dport, request, answer, label, *, vlans=()):
+    def udp_exchange(self, client, server, dport, request, answer, label, *, vlans=(),
+                     server_tos=0):
         cport = self.rng.randrange(32768, 61000)
         self._frame(client, server, 17, udp(cport, dport, request), vlans=vlans)
-        self._frame(server, client, 17, udp(dport, cport, answer), vlans=vlans)
+        self._frame(server, client, 17, udp(dport, cport, answer), tos=server_tos, vlans=vlans)
         self.expected[(17, client, cport, server, dport)] = label
 
     def tcp_exchange(self, client, server, dport, request, answer, label, *,
@@ -127,25 +131,22 @@ class Capture:
 
 
 def seeded_capture(path, seed=15) -> dict[tuple, str]:
-    """The capture: DNS, TLS with SNI and HTTP, named and plain, IPv4 and
-    IPv6, one VLAN-tagged; returns the expected label per conversation."""
+    """Conversations that are awkward for a flow table: the server answers
+    with another DSCP (so its direction is another flow key, ToS included),
+    a VLAN tag, IPv6; returns the expected label per conversation."""
     cap = Capture(seed)
     rng = cap.rng
-    cap.udp_exchange(CLIENT4, "198.18.1.1", 53, dns_query(0x1234, "www.example.org"),
-                     dns_answer(0x1234, "www.example.org", "198.18.2.1"), "DNS")
-    cap.udp_exchange(CLIENT4, "198.18.1.1", 53, dns_query(0x4321, "www.google.com"),
-                     dns_answer(0x4321, "www.google.com", "198.18.2.2"), "DNS.Google")
-    cap.udp_exchange(CLIENT6, "2001:db8::53", 53, dns_query(0x2222, "www.example.org"),
-                     dns_answer(0x2222, "www.example.org", "198.18.2.1"), "DNS")
+    cap.tcp_exchange(CLIENT4, "198.18.4.2", 80, http_get("www.netflix.com"), HTTP_OK,
+                     "HTTP.NetFlix", server_tos=0x20)
     cap.tcp_exchange(CLIENT4, "198.18.3.1", 443, tls_client_hello("www.google.com", rng),
-                     tls_server_hello(rng), "TLS.Google")
+                     tls_server_hello(rng), "TLS.Google", server_tos=0x28)
+    cap.tcp_exchange(CLIENT6, "2001:db8::443", 443, tls_client_hello("www.netflix.com", rng),
+                     tls_server_hello(rng), "TLS.NetFlix", server_tos=0xB8)
     cap.tcp_exchange(CLIENT4, "198.18.3.2", 443, tls_client_hello("www.netflix.com", rng),
                      tls_server_hello(rng), "TLS.NetFlix", vlans=(7,))
-    cap.tcp_exchange(CLIENT6, "2001:db8::443", 443, tls_client_hello("www.example.org", rng),
-                     tls_server_hello(rng), "TLS")
-    cap.tcp_exchange(CLIENT4, "198.18.4.1", 80, http_get("www.example.org"), HTTP_OK, "HTTP")
-    cap.tcp_exchange(CLIENT4, "198.18.4.2", 80, http_get("www.netflix.com"), HTTP_OK,
-                     "HTTP.NetFlix")
+    cap.udp_exchange(CLIENT4, "198.18.1.1", 53, dns_query(0x4321, "www.google.com"),
+                     dns_answer(0x4321, "www.google.com", "198.18.2.2"), "DNS.Google",
+                     vlans=(7,))
     write_pcap(path, cap.frames)
     return cap.expected
 
@@ -172,11 +173,28 @@ def capture(tmp_path_factory):
     return path, seeded_capture(path)
 
 
-def test_ndpireader_gives_the_expected_labels(capture):
-    """The reference labels the seeded conversations as expected (so the
-    expected labels are nDPI 4.2's, not guesses)."""
+def _needs_ndpireader():
     if shutil.which(acc.NDPIREADER) is None:
         pytest.skip("ndpiReader is not installed: apt-get install libndpi-bin (make deps)")
+
+
+def test_ndpireader_gives_test_dpi_its_labels(tmp_path):
+    """ndpiReader labels test_dpi.py's known conversations exactly as that
+    test expects the engine to."""
+    _needs_ndpireader()
+    import apps
+    from test_dpi import known_conversations
+    convs = known_conversations()
+    path = tmp_path / "apps.pcap"
+    apps.write(path, convs)
+    flows = {f.key: f.label for f in acc.run_reference(path)}
+    expected = {(c.proto, c.client, c.sport, c.server, c.dport): c.label for c in convs}
+    assert _labels(expected, flows) == expected
+
+
+def test_ndpireader_gives_the_expected_labels(capture):
+    """The reference labels the awkward conversations as expected."""
+    _needs_ndpireader()
     path, expected = capture
     flows = {f.key: f.label for f in acc.run_reference(path)}
     assert _labels(expected, flows) == expected
@@ -186,9 +204,9 @@ def test_ndpireader_gives_the_expected_labels(capture):
 
 @pytest.mark.parametrize("long_timers", [True, False], ids=["one-record", "default-timers"])
 def test_engine_gives_the_expected_labels(capture, long_timers):
-    """Every record of each seeded conversation (both directions) carries
-    exactly the expected label, with the default timers too (the FIN ends
-    each TCP conversation)."""
+    """Every record of each awkward conversation (both directions, whatever
+    their ToS) carries exactly the expected label, with the default timers
+    too (the FIN ends each TCP conversation)."""
     if not acc.engine_has_dpi():
         pytest.skip("this build's flow engine has no DPI stage")
     path, expected = capture

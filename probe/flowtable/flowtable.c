@@ -23,6 +23,7 @@
  * splits depend only on packet times and the timeouts.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -99,7 +100,15 @@ static void mark_closing(struct ft_table *t, struct ft_flow *f)
     wheel_insert(t, id);
 }
 
-/* The flow of the opposite direction (same ifindex, VLAN, ToS), or NULL. */
+/* The flow of the opposite direction (same ifindex and VLAN), or NULL: the
+ * one with the same ToS, else one with any ToS. The two directions of a
+ * conversation often differ in DSCP (a server marking its answers), and a
+ * ToS change mid-flow starts a new flow: both must still find their
+ * reverse, to share its DPI state and to see FIN both ways. key_hash()
+ * leaves ToS out, so every ToS of a reverse key is in the same chain. */
+_Static_assert(offsetof(struct ft_key, ipver) == offsetof(struct ft_key, tos) + 1,
+               "reverse_of(): the key fields before tos, and ipver, are the conversation");
+
 static struct ft_flow *reverse_of(struct ft_table *t, const struct ft_flow *f)
 {
     struct ft_key rk = f->key;
@@ -107,7 +116,16 @@ static struct ft_flow *reverse_of(struct ft_table *t, const struct ft_flow *f)
     memcpy(rk.dst, f->key.src, 16);
     rk.sport = f->key.dport;
     rk.dport = f->key.sport;
-    return lookup(t, &rk, key_hash(t, &rk));
+    uint64_t h = key_hash(t, &rk);
+    struct ft_flow *r = lookup(t, &rk, h);
+    if (r)
+        return r;
+    for (uint32_t i = t->buckets[h & t->bucket_mask]; i; i = t->flows[i - 1].hnext) {
+        const struct ft_key *k = &t->flows[i - 1].key;
+        if (memcmp(k, &rk, offsetof(struct ft_key, tos)) == 0 && k->ipver == rk.ipver)
+            return &t->flows[i - 1];
+    }
+    return NULL;
 }
 
 /* FIN both ways, or a RST either way, ends a TCP conversation. */

@@ -84,7 +84,12 @@ static inline uint64_t key_hash(const struct ft_table *t, const struct ft_key *k
 {
     uint64_t w[6];
     const uint64_t *s = t->seed;
-    memcpy(w, k, sizeof(w));
+    /* ToS is left out: flows of one conversation that differ only in ToS
+     * (the two directions often carry different DSCP) share a chain, where
+     * reverse_of() finds them. */
+    struct ft_key nk = *k;
+    nk.tos = 0;
+    memcpy(w, &nk, sizeof(w));
     uint64_t h = mum(w[0] ^ s[0], w[1] ^ s[1]) ^ mum(w[2] ^ s[2], w[3] ^ s[3]) ^
                  mum(w[4] ^ s[4], w[5] ^ s[5]);
     return mum(h ^ s[6], s[7]);
