@@ -102,14 +102,15 @@ class Capture:
         self.expected[(17, client, cport, server, dport)] = label
 
     def tcp_exchange(self, client, server, dport, request, answer, label, *,
-                     vlans=(), server_tos=0):
-        """Handshake, request, answer, FIN both ways: sequence numbers as on a wire."""
+                     vlans=(), server_tos=0, client_late_tos=0):
+        """Handshake, request, answer, FIN both ways: sequence numbers as on a
+        wire. The client's packets after its request carry client_late_tos."""
         cport = self.rng.randrange(32768, 61000)
         c, s = self.rng.randrange(1 << 31), self.rng.randrange(1 << 31)
 
-        def out(flags, payload=b"", *, seq, ack):
+        def out(flags, payload=b"", *, seq, ack, tos=0):
             self._frame(client, server, 6, tcp(cport, dport, flags, payload, seq=seq, ack=ack),
-                        vlans=vlans)
+                        tos=tos, vlans=vlans)
 
         def back(flags, payload=b"", *, seq, ack):
             self._frame(server, client, 6, tcp(dport, cport, flags, payload, seq=seq, ack=ack),
@@ -123,17 +124,19 @@ class Capture:
         back(TCP_ACK, seq=s + 1, ack=c2)
         back(TCP_PSH | TCP_ACK, answer, seq=s + 1, ack=c2)
         s2 = s + 1 + len(answer)
-        out(TCP_ACK, seq=c2, ack=s2)
-        out(TCP_FIN | TCP_ACK, seq=c2, ack=s2)
+        late = client_late_tos
+        out(TCP_ACK, seq=c2, ack=s2, tos=late)
+        out(TCP_FIN | TCP_ACK, seq=c2, ack=s2, tos=late)
         back(TCP_FIN | TCP_ACK, seq=s2, ack=c2 + 1)
-        out(TCP_ACK, seq=c2 + 1, ack=s2 + 1)
+        out(TCP_ACK, seq=c2 + 1, ack=s2 + 1, tos=late)
         self.expected[(6, client, cport, server, dport)] = label
 
 
 def seeded_capture(path, seed=15) -> dict[tuple, str]:
     """Conversations that are awkward for a flow table: the server answers
     with another DSCP (so its direction is another flow key, ToS included),
-    a VLAN tag, IPv6; returns the expected label per conversation."""
+    the client changes DSCP mid-conversation, a VLAN tag, IPv6; returns the
+    expected label per conversation."""
     cap = Capture(seed)
     rng = cap.rng
     cap.tcp_exchange(CLIENT4, "198.18.4.2", 80, http_get("www.netflix.com"), HTTP_OK,
@@ -144,6 +147,11 @@ def seeded_capture(path, seed=15) -> dict[tuple, str]:
                      tls_server_hello(rng), "TLS.NetFlix", server_tos=0xB8)
     cap.tcp_exchange(CLIENT4, "198.18.3.2", 443, tls_client_hello("www.netflix.com", rng),
                      tls_server_hello(rng), "TLS.NetFlix", vlans=(7,))
+    # the client's last packets change DSCP while nDPI still waits for the
+    # certificate: a third flow of the conversation, as in netflix.pcap
+    cap.tcp_exchange(CLIENT4, "198.18.3.3", 443, tls_client_hello("www.netflix.com", rng),
+                     tls_server_hello(rng), "TLS.NetFlix", server_tos=0x20,
+                     client_late_tos=0x20)
     cap.udp_exchange(CLIENT4, "198.18.1.1", 53, dns_query(0x4321, "www.google.com"),
                      dns_answer(0x4321, "www.google.com", "198.18.2.2"), "DNS.Google",
                      vlans=(7,))

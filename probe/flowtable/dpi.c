@@ -12,9 +12,12 @@
  *     packet; nDPI itself allocates small buffers inside a flow state (URLs,
  *     certificate names), released with ndpi_free_flow_data() when the state
  *     returns to the pool or the pool is freed.
- *   - A slot in use is held by one or two flows: owner[0] is the direction
- *     seen first, owner[1] its reverse once seen (flow index + 1, 0 = none);
- *     each owner has FLOW_DPI set and apps[its index].slot = slot index + 1.
+ *   - A slot in use is held by the flows of one conversation, at most
+ *     FT_DPI_OWNERS: owner[0] is the direction seen first, then its reverse
+ *     once seen, then any flow of the conversation begun meanwhile (a ToS
+ *     change mid-flow starts a new flow, ToS being part of the key) (flow
+ *     index + 1, 0 = none); each owner has FLOW_DPI set and apps[its
+ *     index].slot = slot index + 1.
  *     A slot returns to the pool only in finish(), which writes the label
  *     into every owner and clears their FLOW_DPI and .slot, so no flow ever
  *     points at a free slot.
@@ -38,8 +41,10 @@
  * A flow that begins while its reverse is alive with a final label copies it
  * (so after an active timeout the continuation keeps the label as long as
  * the other direction lives); a reverse that found the pool empty passes on
- * FT_APP_NO_STATE. The key includes ifindex, VLAN and ToS: directions that
- * differ in those are two conversations to nDPI.
+ * FT_APP_NO_STATE. The key includes ifindex and VLAN: directions that
+ * differ in those are two conversations to nDPI. ToS is in the key too, but
+ * the reverse is found whatever its ToS (reverse_of() in flowtable.c): a
+ * server answering with another DSCP is still the same conversation.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -55,10 +60,15 @@
  * + first payloads); ndpiReader stops UDP at 24 too (TCP at 80). */
 #define FT_DPI_MAX_PACKETS 24
 
+/* Flows that can share one state: the two directions, and a flow begun by a
+ * ToS change while the conversation is under detection (a fifth goes on
+ * with a state of its own). */
+#define FT_DPI_OWNERS 4
+
 struct dpi_slot {
     struct ndpi_flow_struct nf;
     ndpi_protocol last;        /* what the last packet returned */
-    uint32_t owner[2];         /* flow index + 1, 0 = none; owner[0] != 0 in use */
+    uint32_t owner[FT_DPI_OWNERS]; /* flow index + 1, 0 = none; owner[0] != 0 in use */
     uint32_t next;             /* free list: slot index + 1, 0 = end */
     uint32_t packets;          /* packets of the conversation inspected */
 };
@@ -168,7 +178,7 @@ static struct dpi_slot *slot_take(struct ft_table *t)
 static void finish(struct ft_table *t, struct dpi_slot *s, ndpi_protocol pr, int source)
 {
     struct ft_dpi *d = t->dpi;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < FT_DPI_OWNERS; k++) {
         if (!s->owner[k])
             continue;
         uint32_t i = s->owner[k] - 1;
@@ -217,15 +227,17 @@ void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r)
     if (r) {
         const struct flow_app *ra = &d->apps[r - t->flows];
         if (r->state & FLOW_DPI) {
-            /* The reverse is under detection: share its state. Its other
-             * owner place is free (an owner's end finishes the slot). */
+            /* The reverse is under detection: share its state, if it has
+             * a free owner place (owners leave only all at once, in
+             * finish()). */
             struct dpi_slot *s = &d->slots[ra->slot - 1];
-            int k = !s->owner[0] ? 0 : !s->owner[1] ? 1 : -1;
-            if (k >= 0) {
-                s->owner[k] = id + 1;
-                a->slot = ra->slot;
-                f->state |= FLOW_DPI;
-                return;
+            for (int k = 1; k < FT_DPI_OWNERS; k++) {
+                if (!s->owner[k]) {
+                    s->owner[k] = id + 1;
+                    a->slot = ra->slot;
+                    f->state |= FLOW_DPI;
+                    return;
+                }
             }
         } else if (ra->source != FT_APP_NONE) {
             a->source = ra->source; /* final: copy it */
