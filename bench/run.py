@@ -28,6 +28,15 @@ beside `softflowd -r`, each sending NetFlow v5, v9 and IPFIX to a fresh local
 nfcapd; wall time, what nfdump reads back, sequence failures, the ratio.
 `--only export` runs just that part and merges it into results.json.
 
+DPI (application identification, nDPI): on the 2M-packet capture, the same
+replay with DPI on (--dpi-max-flows DPI_POOL, a state for every
+conversation) and off (--no-dpi), in the same run: replay ns/packet (the
+replay loop's seconds / packets) and the C path (ft_bench), each with the
+ratio on/off; and, when FLOWPROBE_CORPUS holds ndpi-sample/ (real payloads;
+the synthetic flows carry none, so every packet of a conversation is
+inspected up to the packet limit), the C path over its Ethernet captures
+merged into one file. `--only dpi` runs just that part.
+
 Encoder hook: when bench/encode.py exists (exporters' benchmark) it is run
 and its "encode FORMAT mtu=M ipv6=P%: R M records/s per core" lines go into
 the results as "encode".
@@ -76,6 +85,8 @@ def ensure_capture(packets: int, flows: int, seed: int) -> Path:
     return path
 
 MAX_FLOWS = 2097152
+#: nDPI flow states for the DPI part: more than the 2M capture's ~200k flows.
+DPI_POOL = 262144
 CAPTURES = ((10_000_000, 1_000_000), (2_000_000, 200_000))
 #: The --json cost is measured on the issue's figure: 10M packets, ~1.6M flows.
 CAPTURE_JSON = (10_000_000, 1_600_000)
@@ -121,10 +132,113 @@ def build(name: str, sources: list[str], libs: list[str]) -> str:
     exe = OUT / name
     cmd = ["gcc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
            "-I", str(ROOT / "include"), "-I", str(ROOT / "probe" / "flowtable"),
-           "-I", str(ROOT / "driver"),
+           "-I", str(ROOT / "driver"), "-isystem", "/usr/include/ndpi",
            "-o", str(exe)] + [str(ROOT / s) for s in sources] + libs
     subprocess.run(cmd, check=True, timeout=300)
     return str(exe)
+
+
+def build_ft_bench() -> str:
+    return build("ft_bench", ["bench/c/ft_bench.c", "probe/flowtable/flowtable.c",
+                              "probe/flowtable/expire.c", "probe/flowtable/parse.c",
+                              "probe/flowtable/dpi.c"], ["-lndpi"])
+
+
+def ndpi_sample_capture() -> Path | None:
+    """FLOWPROBE_CORPUS's ndpi-sample/ Ethernet classic pcaps merged into one
+    file (bench/out, cached), or None without the corpus."""
+    root = os.environ.get("FLOWPROBE_CORPUS")
+    folder = Path(root) / "ndpi-sample" if root else None
+    if not folder or not folder.is_dir() or shutil.which("mergecap") is None:
+        return None
+    files = sorted(f for f in folder.glob("*.pcap")
+                   if f.read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+                   and int.from_bytes(f.read_bytes()[20:24], "little") == 1)
+    out = OUT / f"ndpi-sample-{len(files)}.pcap"
+    if not out.exists() and files:
+        subprocess.run(["mergecap", "-F", "pcap", "-w", str(out), *map(str, files)],
+                       check=True, timeout=300)
+    return out if files else None
+
+
+def measure_dpi(path: Path, packets: int, runs: int, exes: dict) -> dict:
+    """Replay and C path with DPI on and off on the same capture, same run."""
+    res: dict = {"file": str(path), "packets": packets, "dpi_pool": DPI_POOL}
+    f = str(path)
+    to = 60 + packets / 20_000
+    print(f"{path.name}: DPI on (--dpi-max-flows {DPI_POOL}) / off (--no-dpi)", flush=True)
+    base = [exes["flowprobe"], "replay", f, "--max-flows", str(MAX_FLOWS),
+            "--idle-timeout", "3600", "--active-timeout", "3600"]
+    for name, extra in (("replay_on", ["--dpi-max-flows", str(DPI_POOL)]),
+                        ("replay_off", ["--no-dpi"])):
+        warm(path)
+        rs = [run_timed(base + extra, to) for _ in range(runs)]
+        for r in rs:
+            r["loop_s"] = float(re.search(r"packets per second\s+[\d,]+\s+\(([\d.]+) s\)",
+                                          r["stderr"]).group(1))
+            r["ns_per_packet"] = r["loop_s"] * 1e9 / packets
+        res[name] = best(rs, "ns_per_packet")
+    for name, pool in (("c_on", DPI_POOL), ("c_off", 0)):
+        warm(path)
+        rs = [run_timed([exes["ft_bench"], f, str(MAX_FLOWS), "4096", str(pool)], to)
+              for _ in range(max(runs, 3))]
+        for r in rs:
+            r.update(json.loads(r["stdout"].strip().splitlines()[-1]))
+        res[name] = best(rs, "ns_per_packet")
+    res["replay_ratio"] = res["replay_on"]["ns_per_packet"] / res["replay_off"]["ns_per_packet"]
+    res["c_ratio"] = res["c_on"]["ns_per_packet"] / res["c_off"]["ns_per_packet"]
+    res["slot_bytes"] = res["c_on"]["dpi_slot_bytes"]
+    real = ndpi_sample_capture()
+    if real is not None:
+        r = {}
+        for name, pool in (("on", 65536), ("off", 0)):
+            rs = [run_timed([exes["ft_bench"], str(real), "1048576", "4096", str(pool)], 120)
+                  for _ in range(max(runs, 5))]
+            for x in rs:
+                x.update(json.loads(x["stdout"].strip().splitlines()[-1]))
+            r[name] = best(rs, "ns_per_packet")
+        r["ratio"] = r["on"]["ns_per_packet"] / r["off"]["ns_per_packet"]
+        r["file"], r["packets"] = str(real), r["on"]["packets"]
+        res["ndpi_sample"] = r
+    print(dpi_table(res), flush=True)
+    return res
+
+
+def dpi_table(res: dict) -> str:
+    on, off = res["replay_on"], res["replay_off"]
+    c_on, c_off = res["c_on"], res["c_off"]
+    label = f"{res['packets'] / 1e6:g}M pkts"
+    rows = [f"{label:<10} {'replay, DPI on / off':<24} {on['ns_per_packet']:7.1f} / "
+            f"{off['ns_per_packet']:.1f} ns/packet, ratio {res['replay_ratio']:.2f}x "
+            f"(RSS {on['rss_mb']:.0f} / {off['rss_mb']:.0f} MB)",
+            f"{label:<10} {'C path, DPI on / off':<24} {c_on['ns_per_packet']:7.1f} / "
+            f"{c_off['ns_per_packet']:.1f} ns/packet, ratio {res['c_ratio']:.2f}x "
+            f"({c_on['dpi_packets']:,} packets inspected, {c_on['dpi_inspected']:,} "
+            f"conversations, pool peak {c_on['dpi_pool_peak']:,})"]
+    real = res.get("ndpi_sample")
+    if real:
+        rows.append(f"{'ndpi-sample':<10} {'C path, DPI on / off':<24} "
+                    f"{real['on']['ns_per_packet']:7.1f} / {real['off']['ns_per_packet']:.1f} "
+                    f"ns/packet, ratio {real['ratio']:.2f}x ({real['packets']:,} packets, "
+                    f"{real['on']['dpi_packets']:,} inspected, {real['on']['dpi_detected']:,} "
+                    f"of {real['on']['dpi_inspected']:,} conversations detected)")
+    rows.append(f"DPI memory: {res['slot_bytes']} B per nDPI flow state (688 B nDPI 4.2 "
+                f"struct + bookkeeping), held only while a conversation is under detection; "
+                f"+12 B per table flow for labels")
+    return "\n".join(rows)
+
+
+def dpi_only(a) -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    exes = {"ft_bench": build_ft_bench(), "flowprobe": flowprobe_exe()}
+    packets, flows = CAPTURES[1]
+    res = measure_dpi(ensure_capture(packets, flows, a.seed), packets, a.runs, exes)
+    res_path = OUT / "results.json"
+    doc = json.loads(res_path.read_text()) if res_path.exists() else {}
+    doc["dpi"] = res
+    res_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(f"wrote {res_path}")
+    return 0
 
 
 def warm(path: Path) -> None:
@@ -369,8 +483,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per tool (min is kept)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--small-only", action="store_true", help="only the 2M-packet file")
-    ap.add_argument("--only", choices=("all", "export"), default="all",
-                    help="'export': only the end-to-end export to nfcapd (bench/export.py)")
+    ap.add_argument("--only", choices=("all", "export", "dpi"), default="all",
+                    help="'export': only the end-to-end export to nfcapd (bench/export.py); "
+                         "'dpi': only replay with DPI on vs off")
     ap.add_argument("--export-runs", type=int, default=None,
                     help="runs per (format, tool) in the export part (default --runs)")
     ap.add_argument("--nfcapd-buffer", type=int, default=None, metavar="BYTES",
@@ -378,14 +493,14 @@ def main() -> int:
     a = ap.parse_args()
     if a.only == "export":
         return export_only(a)
+    if a.only == "dpi":
+        return dpi_only(a)
     for exe in ("softflowd", "nfpcapd", "nfcapd", "nfdump", "gcc", "/usr/bin/time", "flowprobe"):
         if shutil.which(exe) is None:
             sys.exit(f"bench: {exe} not found (make deps build)")
     OUT.mkdir(parents=True, exist_ok=True)
     exes = {
-        "ft_bench": build("ft_bench", ["bench/c/ft_bench.c", "probe/flowtable/flowtable.c",
-                                       "probe/flowtable/expire.c",
-                                       "probe/flowtable/parse.c"], []),
+        "ft_bench": build_ft_bench(),
         "pf_bench": build("pf_bench", ["bench/c/pf_bench.c", "driver/pcapfile.c",
                                        "driver/pcapfile_mmap.c",
                                        "driver/pcapfile_libpcap.c"], ["-lpcap"]),
@@ -407,6 +522,7 @@ def main() -> int:
     finally:
         sink.close()
     js = measure_json(ensure_capture(*CAPTURE_JSON, a.seed), CAPTURE_JSON[0], a.runs, exes)
+    dpi = measure_dpi(ensure_capture(*CAPTURES[1], a.seed), CAPTURES[1][0], a.runs, exes)
     big = results[0]
     entry = {"entry_bytes": big["ft_bench"]["entry_bytes"],
              "table_bytes": big["ft_bench"]["table_bytes"],
@@ -432,7 +548,7 @@ def main() -> int:
     }
     enc = encode_hook()
     exp = run_export(a, exes)
-    text = table(results, entry)
+    text = table(results, entry) + "\n" + dpi_table(dpi)
     if exp is not None:
         import export as bench_export
         text += "\n" + bench_export.export_table(exp)
@@ -449,7 +565,7 @@ def main() -> int:
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "loadavg_end": loadavg()},
            "seconds": round(time.monotonic() - t0, 1), "files": results, "entry": entry,
-           "targets": targets, "encode": enc, "export": exp, "table": text}
+           "targets": targets, "encode": enc, "export": exp, "dpi": dpi, "table": text}
     (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {OUT / 'results.json'}")
     return 0

@@ -101,13 +101,19 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", metavar="S", type=float, help="flow.idle_timeout_s")
     p.add_argument("--active-timeout", metavar="S", type=float, help="flow.active_timeout_s")
     p.add_argument("--max-flows", metavar="N", type=int, help="flow.max_flows")
+    p.add_argument("--no-dpi", dest="dpi", action="store_false", default=None,
+                   help="flow.dpi: false (no application identification)")
+    p.add_argument("--dpi-max-flows", metavar="N", type=int,
+                   help="flow.dpi_max_flows (nDPI flow states per reader)")
 
 
 def flow_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config overrides of ``add_flow_options``' flags (None = not given)."""
     return {"flow.idle_timeout_s": args.idle_timeout,
             "flow.active_timeout_s": args.active_timeout,
-            "flow.max_flows": args.max_flows}
+            "flow.max_flows": args.max_flows,
+            "flow.dpi": args.dpi,
+            "flow.dpi_max_flows": args.dpi_max_flows}
 
 
 def check_input_files(files: Sequence[str]) -> None:

@@ -66,11 +66,13 @@ def check_interfaces(cfg: Config) -> None:
 
 def needs_new_rings(old: Config, new: Config) -> bool:
     """Changes that only new readers can apply: any capture setting but the
-    filter (interfaces, ring geometry, backend), the table's size, workers, CPUs."""
+    filter (interfaces, ring geometry, backend), the table's size and its
+    application identification (the nDPI module and pool are made with the
+    table), workers, CPUs."""
     if dataclasses.replace(old.capture, filter="") != dataclasses.replace(new.capture, filter=""):
         return True
-    if (old.flow.max_flows, old.flow.record_buffer) != (new.flow.max_flows,
-                                                        new.flow.record_buffer):
+    table = ("max_flows", "record_buffer", "dpi", "dpi_max_flows")
+    if [getattr(old.flow, k) for k in table] != [getattr(new.flow, k) for k in table]:
         return True
     return (old.supervisor.workers, old.supervisor.cpus) != (new.supervisor.workers,
                                                            new.supervisor.cpus)

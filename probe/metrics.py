@@ -17,7 +17,7 @@ from typing import Any, Callable
 from flowprobe.config import ConfigError
 
 
-from flowprobe.probe.stats import XDP_COUNTERS, LoopServer
+from flowprobe.probe.stats import DPI_COUNTERS, XDP_COUNTERS, LoopServer
 
 
 def _families(doc: dict):
@@ -36,6 +36,8 @@ def _families(doc: dict):
         "exported": CounterMetricFamily("flowprobe_records_exported", "Flow records exported", labels=labels + ["exporter"]),
         "failed": CounterMetricFamily("flowprobe_records_failed", "Flow records not exported", labels=labels + ["exporter"]),
         "not_sent": CounterMetricFamily("flowprobe_records_not_sent", "Flow records not sent, by reason", labels=labels + ["exporter", "reason"]),
+        "dpi": CounterMetricFamily("flowprobe_dpi_events", "Application identification (nDPI) counters: conversations inspected/detected/guessed/unknown/no_state, packets", labels=labels + ["counter"]),
+        "dpi_pool": GaugeMetricFamily("flowprobe_dpi_pool", "nDPI flow states in use, and their peak", labels=labels + ["counter"]),
         "restarts": CounterMetricFamily("flowprobe_reader_restarts", "Reader restarts", labels=labels),
         "lost_flows": CounterMetricFamily("flowprobe_lost_flows", "Flows lost with dead readers", labels=labels),
         "lost_packets": CounterMetricFamily("flowprobe_lost_packets", "Packets lost with dead readers", labels=labels),
@@ -56,6 +58,10 @@ def _families(doc: dict):
         fam["created"].add_metric(lv, t["flows_created"])
         for reason, v in t["flows_expired"].items():
             fam["expired"].add_metric(lv + [reason], v)
+        dpi = t.get("dpi") or {}
+        for key in DPI_COUNTERS:
+            fam["dpi_pool" if key.startswith("pool_") else "dpi"].add_metric(
+                lv + [key], dpi.get(key, 0))
         for name, e in c["exporters"].items():
             fam["exported"].add_metric(lv + [name], e["records_exported"])
             fam["failed"].add_metric(lv + [name], e["records_failed"])

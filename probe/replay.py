@@ -129,6 +129,13 @@ def format_summary(totals: dict, stats: dict, seconds: float) -> str:
         if count:
             lines.append(f"  expired {reason:<18}{count:>10,}")
     lines.append(f"peak active flows  {stats['flows_peak']:>14,}")
+    d = stats.get("dpi") or {}
+    if d.get("inspected") or d.get("no_state"):
+        lines.append(f"applications       {d['inspected']:>14,}  conversations inspected")
+        for name in ("detected", "guessed", "unknown", "no_state"):
+            if d[name]:
+                lines.append(f"  {name:<25}{d[name]:>10,}")
+        lines.append(f"  packets inspected        {d['packets']:>10,}")
     lines.append(f"packets per second {pps:>14,.0f}  ({seconds:.3f} s)")
     return "\n".join(lines) + "\n"
 

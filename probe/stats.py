@@ -8,6 +8,8 @@ turns one into the normalized shape every consumer uses (the stats socket,
     table:     packets_seen packets_accepted octets_accepted skipped{reason}
                flows_active flows_created flows_expired{reason}
                records_emitted packets_emitted octets_emitted
+               dpi{inspected detected guessed unknown no_state packets
+                   pool_in_use pool_peak}   (application identification)
     exporters: {name: records_exported records_failed messages send_errors}
 
 ``document()`` puts every reader's counters (exited incarnations included)
@@ -33,6 +35,13 @@ DEFAULT_SOCKET = "/run/flowprobe/flowprobe.sock"
 #: XDP_STATISTICS of an AF_XDP ring, reported beside packets/drops/freezes.
 XDP_COUNTERS = ("rx_dropped", "rx_ring_full", "rx_fill_ring_empty_descs", "rx_invalid_descs")
 
+#: Application identification counters of a table (struct ft_stats dpi_*):
+#: conversations given an nDPI state, how they ended, those that found the
+#: pool empty, packets inspected, states held now and their high-water mark
+#: (the total's pool_peak is the sum of the readers' peaks).
+DPI_COUNTERS = ("inspected", "detected", "guessed", "unknown", "no_state", "packets",
+                "pool_in_use", "pool_peak")
+
 
 def counters(snap: dict | None) -> dict:
     """The normalized counters of one reader snapshot (empty for None)."""
@@ -54,6 +63,7 @@ def counters(snap: dict | None) -> dict:
             out["ring"][key] = ring[key]
     out["table"]["skipped"] = dict(table.get("skipped", {}))
     out["table"]["flows_expired"] = dict(table.get("flows_expired", {}))
+    out["table"]["dpi"] = {k: table.get("dpi", {}).get(k, 0) for k in DPI_COUNTERS}
     for group in ("exporters_retired", "exporters"):
         for name, st in (snap.get(group) or {}).items():
             one = {"records_exported": st.get("records_exported", 0),
@@ -98,6 +108,8 @@ def retired(c: dict) -> dict:
     """Counters of an exited reader: its flows are no longer active."""
     out = json.loads(json.dumps(c))
     out["table"]["flows_active"] = 0
+    if "dpi" in out["table"]:
+        out["table"]["dpi"]["pool_in_use"] = 0
     return out
 
 
@@ -282,6 +294,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def format_dpi(d: dict) -> str:
+    """One line of application identification counters."""
+    return (f"applications: conversations inspected {d.get('inspected', 0)} (detected "
+            f"{d.get('detected', 0)}, guessed {d.get('guessed', 0)}, unknown "
+            f"{d.get('unknown', 0)}), no state {d.get('no_state', 0)}, packets inspected "
+            f"{d.get('packets', 0)}, nDPI states in use {d.get('pool_in_use', 0)} "
+            f"(peak {d.get('pool_peak', 0)})\n")
+
+
 def _line(name: str, c: dict, width: int) -> str:
     t, r = c["table"], c["ring"]
     exp = sum(e["records_exported"] for e in c["exporters"].values())
@@ -312,6 +333,7 @@ def render(doc: dict) -> str:
     skipped = {k: v for k, v in t["skipped"].items() if v}
     out.append(f"skipped by reason: {json.dumps(skipped) if skipped else 'none'}\n")
     out.append(f"flows expired by reason: {json.dumps(t['flows_expired'])}\n")
+    out.append(format_dpi(t.get("dpi") or {}))
     for name, e in tot["exporters"].items():
         out.append(f"exporter {name}: records exported {e['records_exported']}, "
                    f"failed {e['records_failed']}, messages {e['messages']}, "

@@ -70,6 +70,19 @@ def test_known_applications_get_exact_labels_both_ways(tmp_path):
     assert stats["dpi"]["pool_in_use"] == 0
 
 
+def test_directions_with_different_tos_share_one_state(tmp_path):
+    """A server answering with another DSCP (two flows apart from the ToS
+    in their keys) still shares the client's nDPI state: one conversation
+    inspected, both directions labelled alike."""
+    path = tmp_path / "tos.pcap"
+    convs = [apps.dns(C4, S4, 44000, server_tos=0x20), apps.dns(C6, S6, 44001, server_tos=0xB8)]
+    apps.write(path, convs)
+    records, stats = run(path)
+    assert set(labels(records).values()) == {("DNS", 0, 5)}
+    assert len(records) == 4
+    assert stats["dpi"]["inspected"] == 2
+
+
 def test_dpi_off_gives_no_label_and_no_counters(tmp_path):
     """flow.dpi false: records carry no application keys, counters stay 0."""
     path = tmp_path / "apps.pcap"
@@ -149,8 +162,73 @@ def test_active_timeout_records_keep_the_label(tmp_path):
 
 def test_memory_per_flow_under_detection():
     """The pool costs dpi_max_flows slots of nDPI's 688-byte flow state plus
-    a little bookkeeping, and the label side array 12 bytes per flow."""
+    a little bookkeeping (conversation key, owners, index bucket), and the
+    label side array 12 bytes per flow of the table."""
     assert 688 < FlowTable.dpi_slot_size() <= 768
     off = FlowTable(flow_cfg(max_flows=4096, dpi=False)).memory_bytes
     on = FlowTable(flow_cfg(max_flows=4096, dpi_max_flows=1000)).memory_bytes
-    assert on - off <= 1000 * FlowTable.dpi_slot_size() + 4096 * 12 + 4096
+    assert on - off <= 1000 * FlowTable.dpi_slot_size() + 4096 * 12 + 1024 * 4 + 4096
+
+
+def test_replay_cli_flags_turn_dpi_off_and_size_the_pool(tmp_path):
+    """`flowprobe replay` reports the conversations it inspected; --no-dpi
+    turns identification off; --dpi-max-flows sizes the pool and is checked
+    like the config key (exit 2 naming flow.dpi_max_flows)."""
+    import subprocess
+    import sys
+    path = tmp_path / "apps.pcap"
+    apps.write(path, known_conversations())
+
+    def replay(*flags):
+        return subprocess.run([sys.executable, "-m", "flowprobe", "replay", str(path), *flags],
+                              capture_output=True, text=True, timeout=60)
+    on = replay()
+    assert on.returncode == 0, on.stderr
+    assert "applications                    7  conversations inspected" in on.stderr
+    assert "  detected                          7" in on.stderr
+    off = replay("--no-dpi")
+    assert off.returncode == 0, off.stderr
+    assert "applications" not in off.stderr
+    one = replay("--dpi-max-flows", "1")
+    assert one.returncode == 0, one.stderr
+    assert "  no_state" in one.stderr
+    bad = replay("--dpi-max-flows", "0")
+    assert bad.returncode == 2
+    assert "flow.dpi_max_flows (command line)" in bad.stderr
+
+
+def test_eviction_and_expiry_return_every_state(tmp_path):
+    """A table of 8 flows under 40 overlapping TLS/HTTP/DNS conversations:
+    flows are evicted while under detection, yet every nDPI state comes back
+    to the pool, each ended one way, and every record has a label."""
+    path = tmp_path / "many.pcap"
+    convs = []
+    for i in range(40):
+        make = (apps.tls, apps.http, apps.dns)[i % 3]
+        convs.append(make(C4, f"198.18.2.{i + 1}", 45000 + i))
+    apps.write(path, convs, spacing_ns=500_000)
+    records, stats = run(path, max_flows=8)
+    d = stats["dpi"]
+    assert stats["flows_expired"]["lack_of_resources"] > 0
+    assert d["pool_in_use"] == 0
+    assert d["inspected"] == d["detected"] + d["guessed"] + d["unknown"]
+    assert stats["packets_emitted"] == stats["packets_accepted"]
+    # every piece of a thrashed conversation is labelled (inspected anew)
+    assert all(r.get("applicationName") for r in records)
+
+
+def test_first_direction_to_end_decides_for_both(tmp_path):
+    """A conversation nDPI cannot name, whose client goes quiet while the
+    server keeps sending past the idle timeout: the client's flow ends
+    first with the giveup label, and the server's record carries the same."""
+    path = tmp_path / "oneway.pcap"
+    frames = [(apps.START_NS, packets.eth_ipv4_udp(C4, S4, 46000, 46001, b"\x01\x02\x03"))]
+    for i in range(1, 8):
+        frames.append((apps.START_NS + i * 10 * S,
+                       packets.eth_ipv4_udp(S4, C4, 46001, 46000, b"\x07" * 40)))
+    packets.write_pcap(path, frames, nsec=True)
+    records, stats = run(path, idle_timeout_s=30.0)
+    assert [r["flowEndReason"] for r in records] == [1, 4]
+    assert records[0]["sourceIPv4Address"] == C4
+    assert len({(r["applicationName"], r["ndpiAppProtocol"]) for r in records}) == 1
+    assert stats["dpi"]["inspected"] == 1 and stats["dpi"]["pool_in_use"] == 0

@@ -29,7 +29,7 @@ CACHE = Path(os.environ.get("FLOWPROBE_TEST_CACHE", "/var/cache/flowprobe-test")
 RELEASE = "bookworm"
 # the package's Depends, plus systemd and procps so that `systemd-analyze
 # verify --root` finds the targets and /bin/kill the unit refers to
-INCLUDE = "python3,libpcap0.8,libxdp1,libbpf1,adduser,systemd,procps"
+INCLUDE = "python3,libpcap0.8,libxdp1,libbpf1,libndpi4.2,adduser,systemd,procps"
 VERSION = re.search(r'^__version__ = "([^"]+)"', (REPO / "__init__.py").read_text(), re.M)[1]
 UPGRADE_VERSION = VERSION + "+test1"
 CONFIG = "/etc/flowprobe/flowprobe.yaml"
@@ -139,7 +139,7 @@ def test_deb_contents(deb, unpacked):
     assert re.fullmatch(r"flowprobe_[0-9][^_]*_[a-z0-9]+\.deb", deb.name)
     info = sh(["dpkg-deb", "-f", str(deb), "Package", "Version", "Depends"]).stdout
     assert f"Version: {VERSION}" in info
-    for dep in ("libpcap0.8", "libxdp1", "libbpf1", "python3 (>= 3.11)"):
+    for dep in ("libpcap0.8", "libxdp1", "libbpf1", "libndpi4.2", "python3 (>= 3.11)"):
         assert dep in info
     assert sh(["dpkg-deb", "--ctrl-tarfile", str(deb)]).returncode == 0
     ctrl = Path(str(unpacked) + ".ctrl")

@@ -12,12 +12,9 @@
  *     packet; nDPI itself allocates small buffers inside a flow state (URLs,
  *     certificate names), released with ndpi_free_flow_data() when the state
  *     returns to the pool or the pool is freed.
- *   - A slot in use is held by the flows of one conversation, at most
- *     FT_DPI_OWNERS: owner[0] is the direction seen first, then its reverse
- *     once seen, then any flow of the conversation begun meanwhile (a ToS
- *     change mid-flow starts a new flow, ToS being part of the key) (flow
- *     index + 1, 0 = none); each owner has FLOW_DPI set and apps[its
- *     index].slot = slot index + 1.
+ *   - A slot in use is held by one or two flows: owner[0] is the direction
+ *     seen first, owner[1] its reverse once seen (flow index + 1, 0 = none);
+ *     each owner has FLOW_DPI set and apps[its index].slot = slot index + 1.
  *     A slot returns to the pool only in finish(), which writes the label
  *     into every owner and clears their FLOW_DPI and .slot, so no flow ever
  *     points at a free slot.
@@ -38,13 +35,16 @@
  *   - giveup: ndpi_detection_giveup(guess on): FT_APP_GUESSED when nDPI says
  *     it guessed, FT_APP_DETECTED when it returns what the packets showed,
  *     FT_APP_UNKNOWN ("Unknown") when nothing.
- * A flow that begins while its reverse is alive with a final label copies it
- * (so after an active timeout the continuation keeps the label as long as
- * the other direction lives); a reverse that found the pool empty passes on
- * FT_APP_NO_STATE. The key includes ifindex and VLAN: directions that
- * differ in those are two conversations to nDPI. ToS is in the key too, but
- * the reverse is found whatever its ToS (reverse_of() in flowtable.c): a
- * server answering with another DSCP is still the same conversation.
+ * Finding the state of a conversation: states under detection are indexed
+ * by the conversation's key, the flow key without ToS and with its two
+ * endpoints in a canonical order, so the two directions meet even when
+ * they carry different DSCP marks (servers often answer with another
+ * class). Ifindex and VLAN stay in the key: directions seen on different
+ * interfaces or VLANs are two conversations to nDPI. A flow that begins
+ * while no state is under detection copies the final label of its reverse
+ * flow (same ToS) if that one is alive; a reverse that found the pool empty
+ * passes on FT_APP_NO_STATE. (A flow kept over an active timeout keeps its
+ * own label, expire.c.)
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -60,17 +60,14 @@
  * + first payloads); ndpiReader stops UDP at 24 too (TCP at 80). */
 #define FT_DPI_MAX_PACKETS 24
 
-/* Flows that can share one state: the two directions, and a flow begun by a
- * ToS change while the conversation is under detection (a fifth goes on
- * with a state of its own). */
-#define FT_DPI_OWNERS 4
-
 struct dpi_slot {
     struct ndpi_flow_struct nf;
     ndpi_protocol last;        /* what the last packet returned */
-    uint32_t owner[FT_DPI_OWNERS]; /* flow index + 1, 0 = none; owner[0] != 0 in use */
-    uint32_t next;             /* free list: slot index + 1, 0 = end */
+    struct ft_key conv;        /* the conversation's key (conv_key) */
+    uint32_t owner[2];         /* flow index + 1, 0 = none; owner[0] != 0 in use */
+    uint32_t next;             /* free list, or index chain: slot index + 1, 0 = end */
     uint32_t packets;          /* packets of the conversation inspected */
+    uint32_t indexed;          /* 1: in the conversation index */
 };
 
 /* Per flow slot of the table (indexed like t->flows). */
@@ -86,6 +83,8 @@ struct ft_dpi {
     struct ndpi_detection_module_struct *mod;
     struct dpi_slot *slots;
     struct flow_app *apps;
+    uint32_t *conv_buckets;    /* conversation index: slot index + 1, 0 = none */
+    uint32_t conv_mask;
     uint32_t nslots;
     uint32_t napps;
     uint32_t fresh;            /* slots [fresh, nslots) never used */
@@ -114,10 +113,16 @@ struct ft_dpi *ft_dpi_new(uint32_t slots, uint32_t max_flows, int *err)
         return NULL;
     d->nslots = slots;
     d->napps = max_flows;
+    uint32_t nb = 1024;
+    while (nb < slots)
+        nb <<= 1;
+    d->conv_mask = nb - 1;
     d->slots = map((size_t)slots * sizeof(struct dpi_slot));
     d->apps = map((size_t)max_flows * sizeof(struct flow_app));
-    d->mod = d->slots && d->apps ? ndpi_init_detection_module(ndpi_no_prefs) : NULL;
-    if (!d->slots || !d->apps || !d->mod) {
+    d->conv_buckets = calloc(nb, sizeof(uint32_t));
+    d->mod = d->slots && d->apps && d->conv_buckets ? ndpi_init_detection_module(ndpi_no_prefs)
+                                                    : NULL;
+    if (!d->slots || !d->apps || !d->conv_buckets || !d->mod) {
         ft_dpi_free(d);
         return NULL;
     }
@@ -141,6 +146,7 @@ void ft_dpi_free(struct ft_dpi *d)
     }
     if (d->apps)
         munmap(d->apps, (size_t)d->napps * sizeof(struct flow_app));
+    free(d->conv_buckets);
     if (d->mod)
         ndpi_exit_detection_module(d->mod);
     free(d);
@@ -149,12 +155,56 @@ void ft_dpi_free(struct ft_dpi *d)
 uint64_t ft_dpi_memory_bytes(const struct ft_dpi *d)
 {
     return sizeof(*d) + (uint64_t)d->nslots * sizeof(struct dpi_slot) +
-           (uint64_t)d->napps * sizeof(struct flow_app);
+           (uint64_t)d->napps * sizeof(struct flow_app) +
+           ((uint64_t)d->conv_mask + 1) * sizeof(uint32_t);
+}
+
+/* ---- the conversation index ---------------------------------------------- */
+
+/* The flow key without ToS, the lower (address, port) endpoint first. */
+static void conv_key(const struct ft_key *k, struct ft_key *c)
+{
+    *c = *k;
+    c->tos = 0;
+    int cmp = memcmp(k->src, k->dst, 16);
+    if (cmp > 0 || (cmp == 0 && k->sport > k->dport)) {
+        memcpy(c->src, k->dst, 16);
+        memcpy(c->dst, k->src, 16);
+        c->sport = k->dport;
+        c->dport = k->sport;
+    }
+}
+
+static uint32_t *conv_bucket(struct ft_table *t, const struct ft_key *c)
+{
+    return &t->dpi->conv_buckets[key_hash(t, c) & t->dpi->conv_mask];
+}
+
+static struct dpi_slot *conv_find(struct ft_table *t, const struct ft_key *c)
+{
+    struct ft_dpi *d = t->dpi;
+    for (uint32_t i = *conv_bucket(t, c); i; i = d->slots[i - 1].next)
+        if (memcmp(&d->slots[i - 1].conv, c, sizeof(*c)) == 0)
+            return &d->slots[i - 1];
+    return NULL;
+}
+
+static void conv_unlink(struct ft_table *t, struct dpi_slot *s)
+{
+    struct ft_dpi *d = t->dpi;
+    uint32_t id = (uint32_t)(s - d->slots) + 1;
+    uint32_t *pp = conv_bucket(t, &s->conv);
+    while (*pp != id)
+        pp = &d->slots[*pp - 1].next;
+    *pp = s->next;
+    s->indexed = 0;
 }
 
 /* ---- the pool ------------------------------------------------------------ */
 
-static struct dpi_slot *slot_take(struct ft_table *t)
+/* A state for conversation c, in the index when `index` (else a second
+ * state of an indexed conversation, found only through its owners). */
+static struct dpi_slot *slot_take(struct ft_table *t, const struct ft_key *c, int index)
 {
     struct ft_dpi *d = t->dpi;
     uint32_t i;
@@ -168,6 +218,13 @@ static struct dpi_slot *slot_take(struct ft_table *t)
     }
     struct dpi_slot *s = &d->slots[i];
     memset(s, 0, sizeof(*s));
+    s->conv = *c;
+    if (index) {
+        uint32_t *b = conv_bucket(t, c);
+        s->next = *b;
+        *b = i + 1;
+        s->indexed = 1;
+    }
     t->st.dpi_inspected++;
     if (++t->st.dpi_pool_in_use > t->st.dpi_pool_peak)
         t->st.dpi_pool_peak = t->st.dpi_pool_in_use;
@@ -178,7 +235,7 @@ static struct dpi_slot *slot_take(struct ft_table *t)
 static void finish(struct ft_table *t, struct dpi_slot *s, ndpi_protocol pr, int source)
 {
     struct ft_dpi *d = t->dpi;
-    for (int k = 0; k < FT_DPI_OWNERS; k++) {
+    for (int k = 0; k < 2; k++) {
         if (!s->owner[k])
             continue;
         uint32_t i = s->owner[k] - 1;
@@ -197,6 +254,8 @@ static void finish(struct ft_table *t, struct dpi_slot *s, ndpi_protocol pr, int
     else
         t->st.dpi_unknown++;
     ndpi_free_flow_data(&s->nf);
+    if (s->indexed)
+        conv_unlink(t, s);
     s->next = d->free_head;
     d->free_head = (uint32_t)(s - d->slots) + 1;
     t->st.dpi_pool_in_use--;
@@ -224,29 +283,29 @@ void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r)
     uint32_t id = (uint32_t)(f - t->flows);
     struct flow_app *a = &d->apps[id];
     *a = (struct flow_app){ .source = FT_APP_NONE };
-    if (r) {
+    struct ft_key c;
+    conv_key(&f->key, &c);
+    struct dpi_slot *s = conv_find(t, &c);
+    if (s) {
+        /* The conversation is under detection: share its state. Its other
+         * owner place is free unless one direction changed its ToS. */
+        int k = !s->owner[0] ? 0 : !s->owner[1] ? 1 : -1;
+        if (k >= 0) {
+            s->owner[k] = id + 1;
+            a->slot = (uint32_t)(s - d->slots) + 1;
+            f->state |= FLOW_DPI;
+            return;
+        }
+    } else if (r && !(r->state & FLOW_DPI)) {
         const struct flow_app *ra = &d->apps[r - t->flows];
-        if (r->state & FLOW_DPI) {
-            /* The reverse is under detection: share its state, if it has
-             * a free owner place (owners leave only all at once, in
-             * finish()). */
-            struct dpi_slot *s = &d->slots[ra->slot - 1];
-            for (int k = 1; k < FT_DPI_OWNERS; k++) {
-                if (!s->owner[k]) {
-                    s->owner[k] = id + 1;
-                    a->slot = ra->slot;
-                    f->state |= FLOW_DPI;
-                    return;
-                }
-            }
-        } else if (ra->source != FT_APP_NONE) {
+        if (ra->source != FT_APP_NONE) {
             a->source = ra->source; /* final: copy it */
             a->master = ra->master;
             a->app = ra->app;
             return;
         }
     }
-    struct dpi_slot *s = slot_take(t);
+    s = slot_take(t, &c, s == NULL);
     if (!s) {
         a->source = FT_APP_NO_STATE;
         t->st.dpi_no_state++;

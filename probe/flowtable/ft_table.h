@@ -183,8 +183,9 @@ struct ft_dpi *ft_dpi_new(uint32_t slots, uint32_t max_flows, int *err);
 /* Frees the pool (releasing what nDPI holds in each state) and the module. */
 void ft_dpi_free(struct ft_dpi *d);
 uint64_t ft_dpi_memory_bytes(const struct ft_dpi *d);
-/* A new flow f: share the nDPI state of its reverse flow r (may be NULL),
- * copy r's final label, or take a state from the pool. */
+/* A new flow f: share the nDPI state of its conversation if one is under
+ * detection, else copy the final label of its reverse flow r (may be NULL),
+ * else take a state from the pool. */
 void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r);
 /* One packet of a flow under detection (f->state & FLOW_DPI). */
 void ft_dpi_inspect(struct ft_table *t, struct ft_flow *f, const struct ft_parsed *p,

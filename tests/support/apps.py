@@ -38,14 +38,14 @@ class Conversation:
                 (self.server, self.client, self.dport, self.sport, self.proto)}
 
 
-def _ip(src, dst, proto, seg):
+def _ip(src, dst, proto, seg, tos=0):
     if ":" in src:
-        return ether(ipv6(src, dst, proto, seg), 0x86DD)
-    return ether(ipv4(src, dst, proto, seg), 0x0800)
+        return ether(ipv6(src, dst, proto, seg, tc=tos), 0x86DD)
+    return ether(ipv4(src, dst, proto, seg, tos=tos), 0x0800)
 
 
-def _udp_frame(src, dst, sport, dport, payload):
-    return _ip(src, dst, 17, _l4(src, dst, 17, udp(sport, dport, payload)))
+def _udp_frame(src, dst, sport, dport, payload, tos=0):
+    return _ip(src, dst, 17, _l4(src, dst, 17, udp(sport, dport, payload)), tos)
 
 
 def _tcp_frame(src, dst, sport, dport, flags, payload, seq, ack):
@@ -57,15 +57,16 @@ def _qname(name):
     return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
 
 
-def dns(client, server, sport, name="www.example.com", *, txid=0x1234):
-    """A DNS A query and its answer (one address from 198.18.0.0/15)."""
+def dns(client, server, sport, name="www.example.com", *, txid=0x1234, server_tos=0):
+    """A DNS A query and its answer (one address from 198.18.0.0/15); the
+    answer may carry another ToS / traffic class than the query."""
     q = _qname(name) + struct.pack("!HH", 1, 1)
     query = struct.pack("!HHHHHH", txid, 0x0100, 1, 0, 0, 0) + q
     answer = struct.pack("!HHHHHH", txid, 0x8180, 1, 1, 0, 0) + q + \
         struct.pack("!HHHIH", 0xC00C, 1, 1, 300, 4) + bytes([198, 18, 9, 9])
     c = Conversation(client, server, sport, 53, 17, label="DNS", master=0, app=5)
     c.frames = [(0, _udp_frame(client, server, sport, 53, query)),
-                (2_000_000, _udp_frame(server, client, 53, sport, answer))]
+                (2_000_000, _udp_frame(server, client, 53, sport, answer, server_tos))]
     return c
 
 
