@@ -12,9 +12,12 @@
  *     packet; nDPI itself allocates small buffers inside a flow state (URLs,
  *     certificate names), released with ndpi_free_flow_data() when the state
  *     returns to the pool or the pool is freed.
- *   - A slot in use is held by one or two flows: owner[0] is the direction
- *     seen first, owner[1] its reverse once seen (flow index + 1, 0 = none);
- *     each owner has FLOW_DPI set and apps[its index].slot = slot index + 1.
+ *   - A slot in use is held by the flows of one conversation, at most
+ *     FT_DPI_OWNERS: owner[0] is the direction seen first, then its reverse
+ *     once seen, then any flow of the conversation begun meanwhile (a ToS
+ *     change mid-flow starts a new flow, ToS being part of the flow key)
+ *     (flow index + 1, 0 = none); each owner has FLOW_DPI set and
+ *     apps[its index].slot = slot index + 1.
  *     A slot returns to the pool only in finish(), which writes the label
  *     into every owner and clears their FLOW_DPI and .slot, so no flow ever
  *     points at a free slot.
@@ -47,6 +50,7 @@
  * own label, expire.c.)
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -60,15 +64,23 @@
  * + first payloads); ndpiReader stops UDP at 24 too (TCP at 80). */
 #define FT_DPI_MAX_PACKETS 24
 
+/* Flows that can share one state: the two directions, and one flow begun
+ * by a ToS change while the conversation is under detection (one more takes
+ * a second state, found only through its owners). Three keep the slot at
+ * 768 bytes: packets and indexed are narrow to make room. */
+#define FT_DPI_OWNERS 3
+
 struct dpi_slot {
     struct ndpi_flow_struct nf;
     ndpi_protocol last;        /* what the last packet returned */
     struct ft_key conv;        /* the conversation's key (conv_key) */
-    uint32_t owner[2];         /* flow index + 1, 0 = none; owner[0] != 0 in use */
+    uint32_t owner[FT_DPI_OWNERS]; /* flow index + 1, 0 = none; owner[0] != 0 in use */
     uint32_t next;             /* free list, or index chain: slot index + 1, 0 = end */
-    uint32_t packets;          /* packets of the conversation inspected */
-    uint32_t indexed;          /* 1: in the conversation index */
+    uint16_t packets;          /* packets of the conversation inspected */
+    uint8_t indexed;           /* 1: in the conversation index */
 };
+
+_Static_assert(FT_DPI_MAX_PACKETS <= UINT16_MAX, "dpi_slot.packets is 16 bits");
 
 /* Per flow slot of the table (indexed like t->flows). */
 struct flow_app {
@@ -235,7 +247,7 @@ static struct dpi_slot *slot_take(struct ft_table *t, const struct ft_key *c, in
 static void finish(struct ft_table *t, struct dpi_slot *s, ndpi_protocol pr, int source)
 {
     struct ft_dpi *d = t->dpi;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < FT_DPI_OWNERS; k++) {
         if (!s->owner[k])
             continue;
         uint32_t i = s->owner[k] - 1;
@@ -287,14 +299,18 @@ void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r)
     conv_key(&f->key, &c);
     struct dpi_slot *s = conv_find(t, &c);
     if (s) {
-        /* The conversation is under detection: share its state. Its other
-         * owner place is free unless one direction changed its ToS. */
-        int k = !s->owner[0] ? 0 : !s->owner[1] ? 1 : -1;
-        if (k >= 0) {
-            s->owner[k] = id + 1;
-            a->slot = (uint32_t)(s - d->slots) + 1;
-            f->state |= FLOW_DPI;
-            return;
+        /* The conversation is under detection: share its state, if an
+         * owner place is free (owners leave only all at once, in finish()):
+         * the reverse direction, or a flow begun by a ToS change (netflix.pcap
+         * :53134 <-> 52.89.39.139:443 moves from DSCP 0 to 32 before nDPI has
+         * seen the certificate). */
+        for (int k = 1; k < FT_DPI_OWNERS; k++) {
+            if (!s->owner[k]) {
+                s->owner[k] = id + 1;
+                a->slot = (uint32_t)(s - d->slots) + 1;
+                f->state |= FLOW_DPI;
+                return;
+            }
         }
     } else if (r && !(r->state & FLOW_DPI)) {
         const struct flow_app *ra = &d->apps[r - t->flows];
