@@ -83,6 +83,27 @@ def test_directions_with_different_tos_share_one_state(tmp_path):
     assert stats["dpi"]["inspected"] == 2
 
 
+def test_snaplen_cut_packets_are_still_inspected(tmp_path):
+    """Frames cut to 256 bytes (live capture's default snap length): an HTTP
+    GET whose Host lies in the captured part is still named (HTTP.Google);
+    a 600-byte ClientHello is not complete, so nDPI 4.2 names only TLS (its
+    SNI needs the whole record: a snap length of a full frame)."""
+    path = tmp_path / "cut.pcap"
+    get = apps.http_get("www.google.com").replace(
+        b"Accept: */*\r\n", b"Accept: */*\r\nX-Pad: " + b"a" * 400 + b"\r\n")
+    web = apps.Conversation(C4, S4, 47501, 80, 6)
+    web.frames = apps._tcp_conv(C4, S4, 47501, 80, [(0, get), (1, apps.HTTP_OK)])
+    tls = apps.tls(C4, S4, 47500, hello=apps.client_hello("www.google.com", pad=500))
+    frames = [(apps.START_NS + off, fr[:256], len(fr))
+              for c in (web, tls) for off, fr in c.frames]
+    assert max(fl for _, _, fl in frames) > 600
+    packets.write_pcap(path, sorted(frames, key=lambda x: x[0]), nsec=True)
+    records, stats = run(path)
+    got = labels(records)
+    assert {got[k] for k in web.keys()} == {("HTTP.Google", 7, 126)}
+    assert {got[k] for k in tls.keys()} == {("TLS", 0, 91)}
+
+
 def test_dpi_off_gives_no_label_and_no_counters(tmp_path):
     """flow.dpi false: records carry no application keys, counters stay 0."""
     path = tmp_path / "apps.pcap"
@@ -167,7 +188,8 @@ def test_memory_per_flow_under_detection():
     assert 688 < FlowTable.dpi_slot_size() <= 768
     off = FlowTable(flow_cfg(max_flows=4096, dpi=False)).memory_bytes
     on = FlowTable(flow_cfg(max_flows=4096, dpi_max_flows=1000)).memory_bytes
-    assert on - off <= 1000 * FlowTable.dpi_slot_size() + 4096 * 12 + 1024 * 4 + 4096
+    # + the index buckets and a 64 KB scratch for datagrams cut by the snap length
+    assert on - off <= 1000 * FlowTable.dpi_slot_size() + 4096 * 12 + 1024 * 4 + 65536 + 4096
 
 
 def test_replay_cli_flags_turn_dpi_off_and_size_the_pool(tmp_path):

@@ -38,6 +38,13 @@
  *   - giveup: ndpi_detection_giveup(guess on): FT_APP_GUESSED when nDPI says
  *     it guessed, FT_APP_DETECTED when it returns what the packets showed,
  *     FT_APP_UNKNOWN ("Unknown") when nothing.
+ * What nDPI reads: each packet from its IP header on, as captured. A packet
+ * cut by the capture's snap length (live capture keeps 256 bytes by
+ * default) is handed over as a copy whose IP length says what was
+ * captured: nDPI 4.2 would otherwise skip it whole, and a truncated TLS
+ * ClientHello still names its server when the SNI lies in the captured
+ * part.
+ *
  * Finding the state of a conversation: states under detection are indexed
  * by the conversation's key, the flow key without ToS and with its two
  * endpoints in a canonical order, so the two directions meet even when
@@ -91,8 +98,12 @@ struct flow_app {
     uint8_t pad[3];
 };
 
+/* The longest datagram nDPI takes (its packet length is 16 bits). */
+#define FT_DPI_MAX_L3 0xffffu
+
 struct ft_dpi {
     struct ndpi_detection_module_struct *mod;
+    uint8_t *scratch;          /* FT_DPI_MAX_L3 bytes: truncated datagrams, relabelled */
     struct dpi_slot *slots;
     struct flow_app *apps;
     uint32_t *conv_buckets;    /* conversation index: slot index + 1, 0 = none */
@@ -132,9 +143,10 @@ struct ft_dpi *ft_dpi_new(uint32_t slots, uint32_t max_flows, int *err)
     d->slots = map((size_t)slots * sizeof(struct dpi_slot));
     d->apps = map((size_t)max_flows * sizeof(struct flow_app));
     d->conv_buckets = calloc(nb, sizeof(uint32_t));
-    d->mod = d->slots && d->apps && d->conv_buckets ? ndpi_init_detection_module(ndpi_no_prefs)
-                                                    : NULL;
-    if (!d->slots || !d->apps || !d->conv_buckets || !d->mod) {
+    d->scratch = malloc(FT_DPI_MAX_L3);
+    d->mod = d->slots && d->apps && d->conv_buckets && d->scratch
+                 ? ndpi_init_detection_module(ndpi_no_prefs) : NULL;
+    if (!d->slots || !d->apps || !d->conv_buckets || !d->scratch || !d->mod) {
         ft_dpi_free(d);
         return NULL;
     }
@@ -159,6 +171,7 @@ void ft_dpi_free(struct ft_dpi *d)
     if (d->apps)
         munmap(d->apps, (size_t)d->napps * sizeof(struct flow_app));
     free(d->conv_buckets);
+    free(d->scratch);
     if (d->mod)
         ndpi_exit_detection_module(d->mod);
     free(d);
@@ -168,7 +181,7 @@ uint64_t ft_dpi_memory_bytes(const struct ft_dpi *d)
 {
     return sizeof(*d) + (uint64_t)d->nslots * sizeof(struct dpi_slot) +
            (uint64_t)d->napps * sizeof(struct flow_app) +
-           ((uint64_t)d->conv_mask + 1) * sizeof(uint32_t);
+           ((uint64_t)d->conv_mask + 1) * sizeof(uint32_t) + FT_DPI_MAX_L3;
 }
 
 /* ---- the conversation index ---------------------------------------------- */
@@ -337,8 +350,24 @@ void ft_dpi_inspect(struct ft_table *t, struct ft_flow *f, const struct ft_parse
 {
     struct ft_dpi *d = t->dpi;
     struct dpi_slot *s = &d->slots[d->apps[f - t->flows].slot - 1];
-    uint32_t len = p->l3_len > 0xffff ? 0xffff : p->l3_len;
-    s->last = ndpi_detection_process_packet(d->mod, &s->nf, p->l3, (unsigned short)len,
+    const uint8_t *l3 = p->l3;
+    uint32_t len = p->l3_len;
+    if (len < p->octets || len > FT_DPI_MAX_L3) {
+        /* Cut by the snap length (or a TSO super-frame): nDPI 4.2 ignores
+         * a datagram shorter than its IP length, so it gets a copy that
+         * says it is as long as what was captured. */
+        len = len > FT_DPI_MAX_L3 ? FT_DPI_MAX_L3 : len;
+        memcpy(d->scratch, p->l3, len);
+        if (f->key.ipver == 4) {
+            d->scratch[2] = (uint8_t)(len >> 8);
+            d->scratch[3] = (uint8_t)len;
+        } else {
+            d->scratch[4] = (uint8_t)((len - 40) >> 8);
+            d->scratch[5] = (uint8_t)(len - 40);
+        }
+        l3 = d->scratch;
+    }
+    s->last = ndpi_detection_process_packet(d->mod, &s->nf, l3, (unsigned short)len,
                                             ts_ns / 1000000);
     s->packets++;
     t->st.dpi_packets++;

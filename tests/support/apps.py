@@ -70,14 +70,17 @@ def dns(client, server, sport, name="www.example.com", *, txid=0x1234, server_to
     return c
 
 
-def client_hello(sni):
-    """A TLS 1.2 ClientHello record with a server_name extension."""
+def client_hello(sni, pad=0):
+    """A TLS 1.2 ClientHello record with a server_name extension (and a
+    padding extension of `pad` bytes after it)."""
     host = sni.encode()
     sni_ext = struct.pack("!HHHBH", 0, len(host) + 5, len(host) + 3, 0, len(host)) + host
     groups = struct.pack("!HHH", 10, 4, 2) + struct.pack("!H", 23)
     formats = struct.pack("!HHB", 11, 2, 1) + b"\0"
     algs = struct.pack("!HHH", 13, 6, 4) + struct.pack("!HH", 0x0403, 0x0804)
     exts = sni_ext + groups + formats + algs
+    if pad:
+        exts += struct.pack("!HH", 21, pad) + bytes(pad)
     suites = struct.pack("!HHHH", 0xC02F, 0xC030, 0x009C, 0x002F)
     body = struct.pack("!H", 0x0303) + bytes(range(32)) + b"\0" + \
         struct.pack("!H", len(suites)) + suites + b"\x01\x00" + \
@@ -125,10 +128,11 @@ def _tcp_conv(client, server, sport, dport, exchanges, *, gap_ns=1_000_000):
 
 
 def tls(client, server, sport, sni="www.google.com", *, label="TLS.Google", master=91,
-        app=126):
-    """A TCP/443 conversation whose first payload is a ClientHello for sni."""
+        app=126, hello=None):
+    """A TCP/443 conversation whose first payload is a ClientHello for sni
+    (or the given hello bytes)."""
     c = Conversation(client, server, sport, 443, 6, label=label, master=master, app=app)
-    c.frames = _tcp_conv(client, server, sport, 443, [(0, client_hello(sni))])
+    c.frames = _tcp_conv(client, server, sport, 443, [(0, hello or client_hello(sni))])
     return c
 
 
