@@ -62,11 +62,13 @@ enum ft_end_reason {
     FT_END_RESOURCES = 5       /* lackOfResources: table full, oldest evicted */
 };
 
-/* Where ft_record.app_* came from (nDPI application identification). */
+/* Where ft_record.app_* came from (nDPI application identification; with
+ * DPI on every flow the engine accepts, any IP protocol, is inspected). */
 enum ft_app_source {
-    FT_APP_NONE = 0,           /* DPI off, or not TCP/UDP/ICMP over IP: no label */
+    FT_APP_NONE = 0,           /* DPI off: no label */
     FT_APP_DETECTED = 1,       /* nDPI classified the flow from its packets */
-    FT_APP_GUESSED = 2,        /* ndpi_detection_giveup's guess at expiry */
+    FT_APP_GUESSED = 2,        /* ndpi_detection_giveup's guess (packet limit
+                                  reached, or a flow ended while undetected) */
     FT_APP_NO_STATE = 3,       /* the DPI pool was empty when the flow began */
     FT_APP_UNKNOWN = 4         /* inspected, and nothing (not even a guess) */
 };

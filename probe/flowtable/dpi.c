@@ -41,9 +41,9 @@
  * What nDPI reads: each packet from its IP header on, as captured. A packet
  * cut by the capture's snap length (live capture keeps 256 bytes by
  * default) is handed over as a copy whose IP length says what was
- * captured: nDPI 4.2 would otherwise skip it whole, and a truncated TLS
- * ClientHello still names its server when the SNI lies in the captured
- * part.
+ * captured: nDPI 4.2 would otherwise skip it whole. An HTTP Host in the
+ * captured part is then found; a cut TLS ClientHello still is not (nDPI
+ * reassembles the whole record before it reads the SNI).
  *
  * Finding the state of a conversation: states under detection are indexed
  * by the conversation's key, the flow key without ToS and with its two
@@ -52,7 +52,8 @@
  * class). Ifindex and VLAN stay in the key: directions seen on different
  * interfaces or VLANs are two conversations to nDPI. A flow that begins
  * while no state is under detection copies the final label of its reverse
- * flow (same ToS) if that one is alive; a reverse that found the pool empty
+ * flow (reverse_of(): same ToS first, else any) if that one is alive; a
+ * reverse that found the pool empty
  * passes on FT_APP_NO_STATE. (A flow kept over an active timeout keeps its
  * own label, expire.c.)
  */
@@ -140,7 +141,10 @@ struct ft_dpi *ft_dpi_new(uint32_t slots, uint32_t max_flows, int *err)
     while (nb < slots)
         nb <<= 1;
     d->conv_mask = nb - 1;
-    d->slots = map((size_t)slots * sizeof(struct dpi_slot));
+    /* calloc, not mmap: the slots hold nDPI's heap pointers, and
+     * LeakSanitizer scans heap blocks but not anonymous mappings (glibc
+     * maps a block this large itself, zeroed and touched as used). */
+    d->slots = calloc(slots, sizeof(struct dpi_slot));
     d->apps = map((size_t)max_flows * sizeof(struct flow_app));
     d->conv_buckets = calloc(nb, sizeof(uint32_t));
     d->scratch = malloc(FT_DPI_MAX_L3);
@@ -166,7 +170,7 @@ void ft_dpi_free(struct ft_dpi *d)
         for (uint32_t i = 0; i < d->fresh; i++)
             if (d->slots[i].owner[0])
                 ndpi_free_flow_data(&d->slots[i].nf);
-        munmap(d->slots, (size_t)d->nslots * sizeof(struct dpi_slot));
+        free(d->slots);
     }
     if (d->apps)
         munmap(d->apps, (size_t)d->napps * sizeof(struct flow_app));
