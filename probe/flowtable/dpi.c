@@ -282,6 +282,12 @@ static void finish(struct ft_table *t, struct dpi_slot *s, ndpi_protocol pr, int
         t->st.dpi_guessed++;
     else
         t->st.dpi_unknown++;
+    /* nDPI records the L4 protocol of the last packet it parsed, and frees
+     * the TCP or UDP half of its l4 union by it. A TCP/UDP flow's packet
+     * behind an IPv6 AH header is TCP/UDP to the parser but protocol 51 to
+     * nDPI 4.2 (it does not walk AH): free by the flow's protocol. */
+    if (s->conv.proto == 6 || s->conv.proto == 17)
+        s->nf.l4_proto = s->conv.proto;
     ndpi_free_flow_data(&s->nf);
     if (s->indexed)
         conv_unlink(t, s);
@@ -306,12 +312,26 @@ static void give_up(struct ft_table *t, struct dpi_slot *s)
 
 /* ---- the flow table's hooks ---------------------------------------------- */
 
+/* An IPv6 flow keyed by an extension header: the parser stopped in the
+ * chain (a header cut short, or more than it walks) and found no transport.
+ * nDPI walks the chain on its own and may find TCP in one packet of such a
+ * flow and UDP in the next: one state would then mix the TCP and UDP halves
+ * of nDPI's l4 union, and ndpi_free_flow_data() free a pointer of the wrong
+ * half (the fuzz target found TLS buffers lost this way). Not inspected. */
+static int ipv6_ext_header(uint8_t proto)
+{
+    return proto == 0 || proto == 43 || proto == 44 || proto == 51 || proto == 60 ||
+           proto == 135 || proto == 59;
+}
+
 void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r)
 {
     struct ft_dpi *d = t->dpi;
     uint32_t id = (uint32_t)(f - t->flows);
     struct flow_app *a = &d->apps[id];
     *a = (struct flow_app){ .source = FT_APP_NONE };
+    if (f->key.ipver == 6 && ipv6_ext_header(f->key.proto))
+        return; /* no transport found: see ipv6_ext_header() */
     struct ft_key c;
     conv_key(&f->key, &c);
     struct dpi_slot *s = conv_find(t, &c);
