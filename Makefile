@@ -26,7 +26,7 @@ C_SOURCES := setup.py $(wildcard */*_build.py */*/*_build.py \
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: all deps apt-deps build test run bench bench-live bench-flood bench-dpi interop-ntopng deb clean distclean
+.PHONY: all deps apt-deps build test run bench bench-imix bench-live bench-flood bench-dpi interop-ntopng deb clean distclean
 
 all: build
 
@@ -60,6 +60,10 @@ deb: apt-deps
 
 bench: build
 	$(PY) bench/run.py
+
+# the IMIX replay-export part of `make bench` alone (bench/imix.py)
+bench-imix: build
+	$(PY) bench/run.py --only imix
 
 bench-live: build
 	$(PY) bench/live.py

@@ -23,6 +23,13 @@ average seen is reported beside it. Prints a table and writes
 bench/out/results.json. Every child runs under a timeout; nothing is sent
 anywhere but 127.0.0.1.
 
+IMIX (bench/imix.py), first: a 10M-packet / ~1M-flow capture with
+IMIX-like frame sizes (7:4:4 over 64/576/1500 B, ~567 B mean), replayed by
+flowprobe exporting unpaced IPFIX over UDP to a local sink, beside
+`softflowd -r` exporting IPFIX to the same sink; wall and CPU seconds (min
+and median of interleaved runs) and the ratio (goal: >= 5x).
+`--only imix` runs just that part and merges it into results.json.
+
 Export (bench/export.py): on the 2M-packet file, `flowprobe replay --export`
 beside `softflowd -r`, each sending NetFlow v5, v9 and IPFIX to a fresh local
 nfcapd; wall time, what nfdump reads back, sequence failures, the ratio.
@@ -449,6 +456,33 @@ def run_export(a, exes: dict) -> dict | None:
         return {"error": str(e)}
 
 
+def imix_only(a) -> int:
+    """`--only imix`: the IMIX replay-export part alone, merged into results.json."""
+    import imix
+    exes = {"flowprobe": flowprobe_exe()}
+    for exe in ("softflowd", "gcc", "/usr/bin/time", exes["flowprobe"]):
+        if shutil.which(exe) is None:
+            sys.exit(f"bench: {exe} not found (make deps build)")
+    res = imix.measure(a.runs, exes, run_timed, warm, a.seed)
+    text = imix.table(res)
+    print("\n" + text)
+    merge_results({"imix": res, "imix_table": text,
+                   "imix_when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return 0
+
+
+def merge_results(part: dict) -> None:
+    res_path = OUT / "results.json"
+    try:
+        doc = json.loads(res_path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    doc.update(part)
+    OUT.mkdir(parents=True, exist_ok=True)
+    res_path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {res_path}")
+
+
 def export_only(a) -> int:
     """`--only export`: the export part alone, merged into results.json."""
     import export as bench_export
@@ -483,9 +517,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per tool (min is kept)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--small-only", action="store_true", help="only the 2M-packet file")
-    ap.add_argument("--only", choices=("all", "export", "dpi"), default="all",
-                    help="'export': only the end-to-end export to nfcapd (bench/export.py); "
-                         "'dpi': only replay with DPI on vs off")
+    ap.add_argument("--only", choices=("all", "imix", "export", "dpi"), default="all",
+                    help="'imix': only the IMIX replay-export against softflowd -r "
+                         "(bench/imix.py); 'export': only the end-to-end export to "
+                         "nfcapd (bench/export.py); 'dpi': only replay with DPI on vs off")
     ap.add_argument("--export-runs", type=int, default=None,
                     help="runs per (format, tool) in the export part (default --runs)")
     ap.add_argument("--nfcapd-buffer", type=int, default=None, metavar="BYTES",
@@ -493,9 +528,12 @@ def main() -> int:
     a = ap.parse_args()
     if a.only == "export":
         return export_only(a)
+    if a.only == "imix":
+        return imix_only(a)
     if a.only == "dpi":
         return dpi_only(a)
-    for exe in ("softflowd", "nfpcapd", "nfcapd", "nfdump", "gcc", "/usr/bin/time", "flowprobe"):
+    for exe in ("softflowd", "nfpcapd", "nfcapd", "nfdump", "gcc", "/usr/bin/time",
+                flowprobe_exe()):
         if shutil.which(exe) is None:
             sys.exit(f"bench: {exe} not found (make deps build)")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -507,6 +545,9 @@ def main() -> int:
         "flowprobe": flowprobe_exe(),
     }
     print(f"flowprobe: {exes['flowprobe']}", flush=True)
+    import imix
+    imix_res = imix.measure(a.runs, exes, run_timed, warm, a.seed)
+    print(imix.table(imix_res), flush=True)
     caps = CAPTURES[1:] if a.small_only else CAPTURES
     files = [(ensure_capture(p, fl, a.seed), p) for p, fl in caps]
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # never read
@@ -537,7 +578,9 @@ def main() -> int:
         "flows_live_in_c_path": big["ft_bench"]["flows_peak"],
         "entry_bytes": entry["entry_bytes"],
     }
+    targets["ratio_vs_softflowd_imix_export"] = imix_res["softflowd"]["ratio_wall_median"]
     targets["met"] = {
+        "5x_softflowd_imix_export": imix_res["target_met"],
         "5x_softflowd_big_table": targets["ratio_vs_softflowd_big_table"] >= TARGET_RATIO,
         "5x_softflowd_default": targets["ratio_vs_softflowd_default"] >= TARGET_RATIO,
         "c_path_50ns": targets["c_path_ns_per_packet"] <= TARGET_NS,
@@ -548,7 +591,7 @@ def main() -> int:
     }
     enc = encode_hook()
     exp = run_export(a, exes)
-    text = table(results, entry) + "\n" + dpi_table(dpi)
+    text = imix.table(imix_res) + "\n" + table(results, entry) + "\n" + dpi_table(dpi)
     if exp is not None:
         import export as bench_export
         text += "\n" + bench_export.export_table(exp)
@@ -565,7 +608,8 @@ def main() -> int:
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "loadavg_end": loadavg()},
            "seconds": round(time.monotonic() - t0, 1), "files": results, "entry": entry,
-           "targets": targets, "encode": enc, "export": exp, "dpi": dpi, "table": text}
+           "targets": targets, "imix": imix_res, "encode": enc, "export": exp, "dpi": dpi,
+           "table": text}
     (OUT / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {OUT / 'results.json'}")
     return 0

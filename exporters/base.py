@@ -16,6 +16,7 @@ from flowprobe.exporters._encode import ffi, lib
 # sysUptime starts this long before the first record's first packet, so flows
 # that began before it (exported later) still get a positive uptime.
 DEFAULT_BOOT_MARGIN_MS = 3_600_000
+RECORD_SIZE = ffi.sizeof("struct ft_record")
 # The template message (both flow templates and both options templates) must
 # fit one message; 65535 is the IPFIX message length limit.
 MIN_MTU = 512
@@ -88,6 +89,7 @@ class RecordEncoder:
         self.clock = PacketClock(cfg.boot_margin_ms)
         self._buf = bytearray(cfg.mtu)
         self._cbuf = ffi.from_buffer(self._buf)
+        self._view = memoryview(self._buf)      # one copy per message, not two
         self._res = ffi.new("struct enc_result *")
         self._lay = ffi.new("struct enc_layout *")
         self._keep = []
@@ -111,24 +113,28 @@ class RecordEncoder:
         clock = self.clock
         clock.observe(address, n)
         self._lay.boot_ms = clock.boot_ms or 0
-        size = ffi.sizeof("struct ft_record")
+        size = RECORD_SIZE
         hl = self.header_len
         cap = self.cfg.mtu - hl
         res = self._res
+        lay, out, view = self._lay, self._cbuf + hl, self._view
+        encode, frame = lib.enc_encode, self._frame
         done = 0
         while done < n:
-            rc = lib.enc_encode(self._lay, address + done * size, n - done,
-                                self._cbuf + hl, cap, res)
+            rc = encode(lay, address + done * size, n - done, out, cap, res)
             if rc != 0:
                 raise EncodeError(f"enc_encode failed: {rc}")
             done += res.consumed
-            self.records_not_exportable += res.skipped
-            self.records_clamped += res.clamped
-            if res.encoded:
-                self.records_encoded += res.encoded
+            encoded = res.encoded
+            if res.skipped:
+                self.records_not_exportable += res.skipped
+            if res.clamped:
+                self.records_clamped += res.clamped
+            if encoded:
+                self.records_encoded += encoded
                 total = hl + res.bytes
-                self._frame(total, res.encoded, res.sets)
-                yield bytes(self._buf[:total]), res.encoded
+                frame(total, encoded, res.sets)
+                yield bytes(view[:total]), encoded
             elif res.consumed == 0:
                 raise EncodeError("record larger than the message buffer")
 

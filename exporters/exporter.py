@@ -70,6 +70,19 @@ class TemplatePolicy:
     def data_sent(self) -> None:
         self._since += 1
 
+    def count_due(self) -> bool:
+        return bool(self.every_messages and self._since >= self.every_messages)
+
+    def next_time_due(self) -> float:
+        """The monotonic time at which a time trigger (templates or
+        options) is next due; inf when none is set."""
+        t = float("inf")
+        if self.every_s:
+            t = self._last + self.every_s
+        if self.options_every_s:
+            t = min(t, self._last_options + self.options_every_s)
+        return t
+
     def options_sent(self, now: float) -> None:
         self._last_options = now
 
@@ -196,12 +209,17 @@ class Exporter:
                 self._open_transport()
             if self._options_pending:
                 self._send_options(time.monotonic())
+            send, policy, clock = self.transport.send, self.policy, time.monotonic
+            time_due = policy.next_time_due()
             for msg, nrec in self.encoder.encode(address, n):
-                self.transport.send(msg, nrec)
+                send(msg, nrec)
                 handed += nrec
-                self.policy.data_sent()
-                # after the send: a header built now takes the next sequence
-                self._maybe_refresh()
+                policy.data_sent()
+                # after the send: a header built now takes the next sequence.
+                # (_maybe_refresh() only when one of its triggers may fire.)
+                if policy.count_due() or self._options_pending or clock() >= time_due:
+                    self._maybe_refresh()
+                    time_due = policy.next_time_due()
         except Exception as e:  # never let an export bug stop the engine
             self.encode_errors += 1
             skipped = self.encoder.records_not_exportable - skipped_before

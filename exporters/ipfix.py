@@ -46,7 +46,10 @@ class IpfixEncoder(RecordEncoder):
         return hdr
 
     def _frame(self, total, nrecords, nsets):
-        self._buf[:self.header_len] = self._header(total, nrecords)
+        seq = self.sequence
+        IPFIX_HEADER.pack_into(self._buf, 0, 10, total, (self.clock.now_ms // 1000) & 0xFFFFFFFF,
+                               seq & 0xFFFFFFFF, self.cfg.domain_id)
+        self.sequence = seq + nrecords
 
     def template_message(self):
         # one options template per set (options.py says why)

@@ -18,7 +18,14 @@ the reader's ingest runs in parallel with them.
 Accounting: records handed to an exporter (``records_handed``) = exported +
 not sent (every reason) + not exportable + pending. At close, nothing is
 pending: the queue is drained within the timeout, and what is still queued
-then is counted as not sent (`queue_timeout`).
+then is counted as not sent (`queue_timeout`); so is the rest of a batch
+the sender is pacing out when the deadline passes (the UDP transport gives
+up at ``give_up_at``).
+
+Reload: ``retire(timeout_s)`` is close() without the wait. The old
+pipeline's sender threads drain and close on their own (bounded by the
+same deadline) while the reader goes on reading its ring and hands every
+new record to the new pipeline; ``finished()`` says when they are done.
 
 Threads, not a process: records are 112-byte structs already in this
 process; a thread takes them with one memcpy per batch and needs no shared
@@ -96,6 +103,16 @@ class ExportQueue:
             self.draining = self.closing = True
             self.deadline = deadline
             self.cond.notify()
+        # a paced batch being sent when the deadline passes stops there
+        transport = getattr(self.exporter, "transport", None)
+        if transport is not None:
+            transport.give_up_at = deadline
+
+    def pending_records(self) -> int:
+        """Records queued or being encoded (an upper bound of what this
+        queue may still export)."""
+        with self.cond:
+            return self.bytes // RECORD_SIZE
 
     # -- sender side ----------------------------------------------------
     def _run(self) -> None:
@@ -182,11 +199,30 @@ class ExportPipeline:
 
     def close(self, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         """Drain every queue (in parallel, bounded), then close the exporters."""
-        deadline = getattr(self, "_deadline", None) or time.monotonic() + timeout_s
+        self.retire(timeout_s)
+        self.join()
+
+    def retire(self, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
+        """Start the bounded drain and close, and return at once: the sender
+        threads finish on their own by the deadline (reload)."""
+        self._deadline = getattr(self, "_deadline", None) or time.monotonic() + timeout_s
         for q in self.queues:
-            q.close(deadline)
+            q.close(self._deadline)
+
+    def join(self, grace_s: float = 10.0) -> None:
+        """Wait for the sender threads (until the deadline, plus ``grace_s``
+        for a close that is already under way)."""
+        deadline = getattr(self, "_deadline", None) or time.monotonic()
         for q in self.queues:
-            q.thread.join(max(0.0, deadline - time.monotonic()) + 10.0)
+            q.thread.join(max(0.0, deadline - time.monotonic()) + grace_s)
+
+    def finished(self) -> bool:
+        """Every sender thread has closed its exporter and ended."""
+        return not any(q.thread.is_alive() for q in self.queues)
+
+    def pending_records(self) -> dict[str, int]:
+        """Per exporter: records queued or being encoded."""
+        return {q.exporter.name: q.pending_records() for q in self.queues}
 
     def stats(self) -> dict:
         return {q.exporter.name: q.stats() for q in self.queues}

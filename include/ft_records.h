@@ -65,9 +65,7 @@ enum ft_end_reason {
 /* Where ft_record.app_* came from (nDPI application identification; with
  * DPI on every flow the engine accepts, any IP protocol, is inspected). */
 enum ft_app_source {
-    FT_APP_NONE = 0,           /* DPI off, or an IPv6 flow whose transport the
-                                  parser did not reach (keyed by an extension
-                                  header): no label */
+    FT_APP_NONE = 0,           /* DPI off: no label */
     FT_APP_DETECTED = 1,       /* nDPI classified the flow from its packets */
     FT_APP_GUESSED = 2,        /* ndpi_detection_giveup's guess (packet limit
                                   reached, or a flow ended while undetected) */

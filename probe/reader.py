@@ -79,6 +79,7 @@ class Reader:
         self.json_sink = JsonLines(1, shared=True) if json_out else None
         self.exporters = build_exporter_set(cfg, self.export_urls, index, readers)
         self.retired: dict[str, dict] = {}      # stats of exporters replaced by reload
+        self.retiring: list = []                # replaced, still draining (own threads)
         self.table = FlowTable(cfg.flow, self._sink, ifindex=self.ring.ifindex)
         if self.exporters is not None:
             self.exporters.attach(self.table)
@@ -119,6 +120,8 @@ class Reader:
         self.table.expire(now_ns)
         if self.exporters is not None:
             self.exporters.tick(now_ns)
+        if self.retiring:
+            self.reap_retiring()
 
     def run(self, *, beat: Callable[[], None] | None = None,
             between_blocks: Callable[[float], None] | None = None,
@@ -198,6 +201,7 @@ class Reader:
         self.table.expire(0)
         if self.exporters is not None:
             self.exporters.close(self.drain_timeout_s)
+        self.reap_retiring(wait=True)
         stats = self.final_stats = self.stats()
         self.ring.close()
         self.log.info("reader_stopped", **stats)
@@ -223,20 +227,34 @@ class Reader:
         return changed
 
     def swap_exporters(self, new) -> None:
-        """Records already expired go to the old exporters, which are then
-        flushed and closed; every later record goes to ``new``."""
+        """Records already expired go to the old exporters, every later
+        record to ``new``. The old ones drain and close in their own sender
+        threads (bounded by drain_timeout_s; what they cannot send by then
+        is counted as not sent, `queue_timeout`) while this reader goes on
+        reading its ring: a slow or stuck collector never stalls capture."""
         self.table.expire(time.time_ns())
         old, self.exporters = self.exporters, None
         if old is not None:
-            old.close(self.drain_timeout_s)
-            for name, st in old.stats().items():
-                prev = self.retired.get(name)
-                self.retired[name] = st if prev is None else _add(prev, st)
+            old.retire(self.drain_timeout_s)
+            self.retiring.append(old)
         self.exporters = new
         if new is not None:
             new.attach(self.table)
             if old is not None:
-                self.restore_sequences(_sequences(old))
+                self.restore_sequences(_sequences_after(old))
+        self.reap_retiring()
+
+    def reap_retiring(self, wait: bool = False) -> None:
+        """Fold the stats of old exporters whose drain has ended into
+        ``retired`` (``wait``: at shutdown, wait for them, bounded)."""
+        for old in list(self.retiring):
+            if wait:
+                old.join()
+            if old.finished():
+                self.retiring.remove(old)
+                for name, st in old.stats().items():
+                    prev = self.retired.get(name)
+                    self.retired[name] = st if prev is None else _add(prev, st)
 
     def export_sequences(self) -> dict[str, dict[str, int]]:
         return _sequences(self.exporters) if self.exporters is not None else {}
@@ -252,8 +270,12 @@ class Reader:
         out = {"ring": self.ring.stats(), "table": self.table.stats()}
         if self.exporters is not None:
             out["exporters"] = self.exporters.stats()
-        if self.retired:
-            out["exporters_retired"] = self.retired
+        retired = self.retired
+        for old in self.retiring:          # still draining: their counts so far
+            for name, st in old.stats().items():
+                retired = {**retired, name: _add(retired[name], st) if name in retired else st}
+        if retired:
+            out["exporters_retired"] = retired
         out["sequences"] = self.export_sequences()
         return out
 
@@ -268,6 +290,23 @@ def _export_settings(cfg, export_urls: list[str], index: int, readers: int) -> t
 def _sequences(exporters) -> dict[str, dict[str, int]]:
     return {e.name: {a: getattr(e.encoder, a) for a in SEQUENCE_ATTRS
                      if hasattr(e.encoder, a)} for e in exporters}
+
+
+#: Sequence numbers a retiring exporter may still use beyond its pending
+#: records: its closing options message (records, or one v9 packet).
+SEQUENCE_CLOSE_MARGIN = 16
+
+
+def _sequences_after(old) -> dict[str, dict[str, int]]:
+    """The sequence numbers a replacement starts from: the old exporters'
+    now, plus what they may still send while they drain (their pending
+    records, an upper bound also for NetFlow v9's packet count, plus the
+    closing options). A collector may see one gap at a reload, never a
+    number twice."""
+    pending = old.pending_records() if hasattr(old, "pending_records") else {}
+    seqs = _sequences(old)
+    return {name: {a: v + pending.get(name, 0) + SEQUENCE_CLOSE_MARGIN for a, v in d.items()}
+            for name, d in seqs.items()}
 
 
 def interface_index(iface: str) -> int:

@@ -30,6 +30,10 @@ class Progress:
         self._enabled = stream.isatty()
         self._last = 0.0
 
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
     def update(self, done_bytes: int, packets: int) -> None:
         now = time.monotonic()
         if not self._enabled or now - self._last < 0.1:
@@ -90,9 +94,10 @@ def replay_files(files: list[str], table: FlowTable, batch_packets: int,
                     table.expire()
                     if on_batch:
                         on_batch()
-                    if progress:
-                        progress.update(read_bytes + cap.stats()["cap_bytes"],
-                                        totals["packets_read"] + cap.stats()["packets"])
+                    if progress is not None and progress.enabled:
+                        st = cap.stats()
+                        progress.update(read_bytes + st["cap_bytes"],
+                                        totals["packets_read"] + st["packets"])
             except CaptureFileError as exc:
                 totals["truncated_files"] += 1
                 shrunk = isinstance(exc, CaptureShrunkError)

@@ -74,7 +74,7 @@ def test_nfdump_and_nfacctd_scale_by_the_declared_rate(scheme, mode, capture, tm
     assert (packets, octets) == (RATE * truth.packets, RATE * truth.octets)
     assert seq_failures == 0
     assert logged == "", logged[:2000]
-    learned = {tid for _sid, tid, kind in pm.learned_templates() if kind == 1}
+    learned = {tid for tid, kind in pm.learned_templates() if kind == 1}
     assert learned == {templates.TID_SAMPLING, templates.TID_SAMPLING_RATE, templates.TID_STATS}
     flows = pm.flows()
     assert sum(p for p, _ in flows.values()) == RATE * truth.packets

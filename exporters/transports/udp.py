@@ -15,6 +15,10 @@ collector with a large receive buffer.
 Batching: messages of one export batch go out in sendmmsg() calls (C,
 exporters/udpsend.c), as many as the bucket allows at a time.
 
+Deadline: when the pipeline closes this exporter (shutdown, or a reload
+retiring it) it sets ``give_up_at``; past it, paced messages still
+batched are not sent but counted (`queue_timeout`), so a drain is bounded.
+
 Refusals: a datagram to a port nobody listens on comes back as ICMP port
 unreachable. With IP_RECVERR each one lands in the socket's error queue
 with the start of the refused datagram; the transport keeps the header of
@@ -59,8 +63,10 @@ class UdpTransport(Transport):
         self._last = time.monotonic()
         self._batch: list[bytes] = []
         self._batch_records: list[int] = []
-        self._recent: collections.OrderedDict = collections.OrderedDict()
+        # (datagram, records) of the last REFUSAL_MEMORY data datagrams sent
+        self._recent: collections.deque = collections.deque(maxlen=REFUSAL_MEMORY)
         self._err = ffi.new("int *")
+        self.give_up_at: float | None = None   # monotonic; set by the pipeline's close
         self.pace_sleeps = 0
         self.send_calls = 0
         self.collector_unreachable = 0
@@ -117,6 +123,12 @@ class UdpTransport(Transport):
         """Send every batched message (paced)."""
         retried = False
         while self._batch:
+            if self.give_up_at is not None and self.rate > 0 \
+                    and time.monotonic() >= self.give_up_at:
+                self.not_sent(sum(self._batch_records), "queue_timeout")
+                self._batch.clear()
+                self._batch_records.clear()
+                break
             k = self._take_tokens(len(self._batch))
             msgs, recs = self._batch[:k], self._batch_records[:k]
             if self.sock is None:
@@ -128,8 +140,8 @@ class UdpTransport(Transport):
                 sent = lib.udp_send_batch(self.sock.fileno(), ffi.from_buffer(buf), lens,
                                           k, self._err)
                 err = self._err[0] if sent < k else 0
-            for m, n in zip(msgs[:sent], recs[:sent]):
-                self._sent(m, n)
+            if sent:
+                self._sent(msgs[:sent], recs[:sent])
             del self._batch[:sent], self._batch_records[:sent]
             if sent == k:
                 continue
@@ -149,15 +161,14 @@ class UdpTransport(Transport):
             self.log.warning("export_send_failed", error=os.strerror(err))
         self._read_refusals()
 
-    def _sent(self, message: bytes, nrecords: int) -> None:
-        self.messages_sent += 1
-        self.bytes_sent += len(message)
-        self.records_sent += nrecords
-        if nrecords:
-            key = bytes(message[:KEY_BYTES])
-            self._recent[key] = self._recent.get(key, 0) + nrecords
-            if len(self._recent) > REFUSAL_MEMORY:
-                self._recent.popitem(last=False)
+    def _sent(self, messages: list, nrecords: list) -> None:
+        """Count datagrams the kernel took, and remember the data ones (a
+        refusal names its datagram by the first KEY_BYTES bytes, looked up
+        only when one comes back)."""
+        self.messages_sent += len(messages)
+        self.bytes_sent += sum(map(len, messages))
+        self.records_sent += sum(nrecords)
+        self._recent.extend((m, n) for m, n in zip(messages, nrecords) if n)
 
     def _read_refusals(self) -> None:
         """Move the records of refused datagrams from exported to not sent."""
@@ -172,11 +183,20 @@ class UdpTransport(Transport):
                 return
             self.send_errors += 1
             self.collector_unreachable += 1
-            n = self._recent.pop(bytes(data[:KEY_BYTES]), 0)
+            n = self._forget(bytes(data[:KEY_BYTES]))
             if n:
                 self.records_sent -= n
                 self.not_sent(n, "collector_refused")
                 self.log.warning("export_collector_refused", records=n)
+
+    def _forget(self, key: bytes) -> int:
+        """Records of the remembered datagram starting with ``key`` (0 if
+        none), which is forgotten: a refusal is credited once."""
+        for i, (m, n) in enumerate(self._recent):
+            if m[:KEY_BYTES] == key:
+                del self._recent[i]
+                return n
+        return 0
 
     def poll(self):
         self.push()

@@ -162,6 +162,20 @@ struct ft_dpi *ft_dpi_new(uint32_t slots, uint32_t max_flows, int *err)
     return d;
 }
 
+/* Release what nDPI allocated inside a state. nDPI 4.2 frees the TLS
+ * reassembly buffer only when the state's l4_proto, which each packet
+ * overwrites with nDPI's own reading of it, says TCP: a last packet it read
+ * otherwise (an IPv6 extension header it does not walk) would leak the
+ * buffer. In a TCP conversation (by our parser) nDPI reads each packet as
+ * TCP or stops at an extension header, never as UDP, so the union holds TCP
+ * state only and l4_proto can be set back before the free. */
+static void state_release(struct dpi_slot *s)
+{
+    if (s->conv.proto == IPPROTO_TCP)
+        s->nf.l4_proto = IPPROTO_TCP;
+    ndpi_free_flow_data(&s->nf);
+}
+
 void ft_dpi_free(struct ft_dpi *d)
 {
     if (!d)
@@ -169,7 +183,7 @@ void ft_dpi_free(struct ft_dpi *d)
     if (d->slots) {
         for (uint32_t i = 0; i < d->fresh; i++)
             if (d->slots[i].owner[0])
-                ndpi_free_flow_data(&d->slots[i].nf);
+                state_release(&d->slots[i]);
         free(d->slots);
     }
     if (d->apps)
@@ -231,6 +245,7 @@ static void conv_unlink(struct ft_table *t, struct dpi_slot *s)
 
 /* ---- the pool ------------------------------------------------------------ */
 
+
 /* A state for conversation c, in the index when `index` (else a second
  * state of an indexed conversation, found only through its owners). */
 static struct dpi_slot *slot_take(struct ft_table *t, const struct ft_key *c, int index)
@@ -282,13 +297,7 @@ static void finish(struct ft_table *t, struct dpi_slot *s, ndpi_protocol pr, int
         t->st.dpi_guessed++;
     else
         t->st.dpi_unknown++;
-    /* nDPI records the L4 protocol of the last packet it parsed, and frees
-     * the TCP or UDP half of its l4 union by it. A TCP/UDP flow's packet
-     * behind an IPv6 AH header is TCP/UDP to the parser but protocol 51 to
-     * nDPI 4.2 (it does not walk AH): free by the flow's protocol. */
-    if (s->conv.proto == 6 || s->conv.proto == 17)
-        s->nf.l4_proto = s->conv.proto;
-    ndpi_free_flow_data(&s->nf);
+    state_release(s);
     if (s->indexed)
         conv_unlink(t, s);
     s->next = d->free_head;
@@ -312,26 +321,12 @@ static void give_up(struct ft_table *t, struct dpi_slot *s)
 
 /* ---- the flow table's hooks ---------------------------------------------- */
 
-/* An IPv6 flow keyed by an extension header: the parser stopped in the
- * chain (a header cut short, or more than it walks) and found no transport.
- * nDPI walks the chain on its own and may find TCP in one packet of such a
- * flow and UDP in the next: one state would then mix the TCP and UDP halves
- * of nDPI's l4 union, and ndpi_free_flow_data() free a pointer of the wrong
- * half (the fuzz target found TLS buffers lost this way). Not inspected. */
-static int ipv6_ext_header(uint8_t proto)
-{
-    return proto == 0 || proto == 43 || proto == 44 || proto == 51 || proto == 60 ||
-           proto == 135 || proto == 59;
-}
-
 void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r)
 {
     struct ft_dpi *d = t->dpi;
     uint32_t id = (uint32_t)(f - t->flows);
     struct flow_app *a = &d->apps[id];
     *a = (struct flow_app){ .source = FT_APP_NONE };
-    if (f->key.ipver == 6 && ipv6_ext_header(f->key.proto))
-        return; /* no transport found: see ipv6_ext_header() */
     struct ft_key c;
     conv_key(&f->key, &c);
     struct dpi_slot *s = conv_find(t, &c);
@@ -372,6 +367,12 @@ void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r)
 void ft_dpi_inspect(struct ft_table *t, struct ft_flow *f, const struct ft_parsed *p,
                     uint64_t ts_ns)
 {
+    /* Non-first fragments (nDPI skips them) and packets whose transport
+     * header our parser did not reach (an IPv6 extension chain longer than
+     * it walks, cut short: nDPI might read another protocol there) are not
+     * given to nDPI: every packet of a state is read as the same L4. */
+    if (p->fragment || p->l4_partial)
+        return;
     struct ft_dpi *d = t->dpi;
     struct dpi_slot *s = &d->slots[d->apps[f - t->flows].slot - 1];
     const uint8_t *l3 = p->l3;

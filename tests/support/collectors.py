@@ -3,8 +3,8 @@ import contextlib
 import csv
 import errno
 import ipaddress
-import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,10 +67,9 @@ def nfcapd(directory, port=None, timeout_s=10.0, netns=None):
 class Nfacctd:
     """pmacct's nfacctd on 127.0.0.1 with the `print` plugin writing CSV.
 
-    Aggregates on the 5-tuple plus ToS. `log` is the daemon's own log
-    file, `templates` the JSON lines it writes for every template it
-    learns (`nfacctd_templates_file`), `csv` the print plugin's output
-    (written at exit)."""
+    Aggregates on the 5-tuple plus ToS. `log` is the daemon's own log file
+    (at debug level, which lists each template it learns), `csv` the print
+    plugin's output (written at exit)."""
 
     FIELDS = "src_host, dst_host, src_port, dst_port, proto, tos"
 
@@ -80,9 +79,9 @@ class Nfacctd:
         os.makedirs(self.dir, exist_ok=True)
         self.port = port or free_port()
         self.log = os.path.join(self.dir, "nfacctd.log")
-        self.templates = os.path.join(self.dir, "templates.json")
         self.csv = os.path.join(self.dir, "flows.csv")
         self.conf = os.path.join(self.dir, "nfacctd.conf")
+        self.stderr = os.path.join(self.dir, "nfacctd.stderr")
         with open(self.conf, "w") as f:
             f.write("\n".join([
                 "daemonize: false",
@@ -91,7 +90,13 @@ class Nfacctd:
                 "nfacctd_ip: 127.0.0.1",
                 f"nfacctd_port: {self.port}",
                 "nfacctd_pipe_size: 8388608",
-                f"nfacctd_templates_file: {self.templates}",
+                # the templates it learns are read from its debug log, not
+                # from nfacctd_templates_file: pmacct 1.7.7 corrupts its heap
+                # rewriting that file on template refreshes (under valgrind:
+                # an off-by-one write into a calloc'd block and reads of a
+                # FILE after fclose), and its core aborts with "malloc():
+                # invalid size" where the heap layout lets it show
+                "debug: true",
                 f"nfacctd_renormalize: {'true' if renormalize else 'false'}",
                 "plugins: print[flows]",
                 f"aggregate[flows]: {self.FIELDS}",
@@ -104,11 +109,13 @@ class Nfacctd:
         self.startup_log = ""
 
     def start(self, timeout_s=10.0):
-        open(self.templates, "a").close()     # it loads the file at start
         # a session of its own: stop() signals the core and its plugins together
-        self.proc = subprocess.Popen(in_netns(self.netns, ["nfacctd", "-f", self.conf]),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        # its stdout/stderr go to a file: what it says before its log is
+        # open, or as it dies (a libc abort), is not in its log file
+        with open(self.stderr, "ab") as out:
+            self.proc = subprocess.Popen(in_netns(self.netns, ["nfacctd", "-f", self.conf]),
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         end = time.monotonic() + timeout_s
         # ready: the socket is bound and the print plugin has its cache
         while not ("cache entries=" in self.read_log()
@@ -160,6 +167,23 @@ class Nfacctd:
         self.proc.wait()
         raise RuntimeError("nfacctd (core or plugin) did not exit on SIGINT")
 
+    def diagnosis(self):
+        """How the daemon is doing, for an assertion message: whether the
+        core is still running (else its exit status, negative for a
+        signal), the processes left in its group, its stdout/stderr and the
+        tail of its log."""
+        status = self.proc.poll() if self.proc else "not started"
+        group = "".join(f"  {pid} {args}\n" for pid, args in _process_group(self.proc.pid)) \
+            if self.proc else ""
+        try:
+            with open(self.stderr, errors="replace") as f:
+                said = f.read()[-2000:]
+        except FileNotFoundError:
+            said = ""
+        return (f"nfacctd core: {'running' if status is None else f'exit {status}'}\n"
+                f"its process group:\n{group}stdout/stderr:\n{said}\n"
+                f"log tail:\n{self.read_log()[-2000:]}")
+
     def read_log(self):
         try:
             with open(self.log) as f:
@@ -168,22 +192,25 @@ class Nfacctd:
             return ""
 
     def log_since_start(self):
-        """What the daemon logged after its start-up lines."""
-        return self.read_log()[len(self.startup_log):]
+        """What the daemon logged after its start-up lines, its debug lines
+        left out (with `debug: true` it logs every message and template)."""
+        rest = self.read_log()[len(self.startup_log):]
+        return "".join(line for line in rest.splitlines(keepends=True)
+                       if " DEBUG ( " not in line)
 
     def learned_templates(self):
-        """[(source_id, template_id, template_type)], 1 = options."""
-        out = []
-        try:
-            with open(self.templates) as f:
-                for line in f:
-                    if line.strip():
-                        t = json.loads(line)
-                        # nfacctd writes the template id in network byte order
-                        tid = socket.ntohs(t["template_id"])
-                        out.append((t["source_id"], tid, t["template_type"]))
-        except FileNotFoundError:
-            pass
+        """{(template_id, kind)} of the templates it logged as learned, kind
+        1 for options templates, 0 for flow templates."""
+        out, kind = set(), None
+        for line in self.read_log().splitlines():
+            m = re.search(r"template type : (\w+)", line)
+            if m:
+                kind = 1 if m.group(1) == "options" else 0
+                continue
+            m = re.search(r"template ID\s*: (\d+)", line)
+            if m and kind is not None:
+                out.add((int(m.group(1)), kind))
+                kind = None
         return out
 
     def flows(self):
@@ -201,6 +228,23 @@ class Nfacctd:
                 p, b = out.get(key, (0, 0))
                 out[key] = (p + int(row["PACKETS"]), b + int(row["BYTES"]))
         return out
+
+
+def _process_group(pgid):
+    """[(pid, command line)] of the processes in group `pgid`, from /proc
+    (a minimal root has no ps)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out.append((int(pid), f.read().replace(b"\0", b" ").decode(errors="replace")))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 @contextlib.contextmanager
