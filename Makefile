@@ -1,4 +1,4 @@
-# flowprobe: make deps | build | test | run | bench | bench-live | bench-flood | deb | clean
+# flowprobe: make deps | build | test | run | bench | bench-live | bench-flood | bench-dpi | deb | clean
 # Works on a fresh Debian 12 machine as root (or with sudo).
 #
 # Debian packages go in with tools/apt-install.sh (no Recommends, no test
@@ -15,7 +15,7 @@ APT_PACKAGES := build-essential python3-dev python3-venv python3-pip libpcap-dev
 	libclang-rt-14-dev softflowd nfdump pmacct tshark tcpreplay netsniff-ng tcpdump \
 	iproute2 ethtool libxdp-dev libbpf-dev pkg-config \
 	dpkg-dev help2man lintian debootstrap systemd systemd-container acl \
-	libndpi-dev
+	libndpi-dev libndpi-bin
 # What the venv needs before setup.py can run (cffi builds the extensions);
 # the rest comes from setup.py's install_requires and its "test" extra.
 BUILD_DEPS := 'setuptools>=64' wheel 'cffi>=1.15'
@@ -26,7 +26,7 @@ C_SOURCES := setup.py $(wildcard */*_build.py */*/*_build.py \
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: all deps apt-deps build test run bench bench-imix bench-live bench-flood interop-ntopng deb clean distclean
+.PHONY: all deps apt-deps build test run bench bench-imix bench-live bench-flood bench-dpi interop-ntopng deb clean distclean
 
 all: build
 
@@ -71,6 +71,12 @@ bench-live: build
 # random-source UDP flood into `run --workers 2` and softflowd (README "Exporting")
 bench-flood: build
 	$(PY) bench/flood.py
+
+# application labels against ndpiReader 4.2's on $(FLOWPROBE_CORPUS)/ndpi-sample
+# (README "Application identification"); without FLOWPROBE_CORPUS it says how
+# to set it and skips. BENCH_DPI_ARGS=--check fails below the 99% goal.
+bench-dpi: build
+	$(PY) bench/dpi_accuracy.py $(BENCH_DPI_ARGS)
 
 # a real ntopng fed over ZeroMQ (README "Feeding ntopng"): replay totals and
 # live flows. NTOPNG = an ntopng 5.2.1 source folder with its binary already

@@ -111,6 +111,26 @@ def test_tcp_fin_both_ways_ends_both_flows_after_grace(tmp_path):
     assert_conserved(records, stats)
 
 
+def test_tcp_fin_both_ways_seen_when_the_directions_differ_in_tos(tmp_path):
+    """A server answering with another DSCP (its direction is another flow
+    key, ToS included) still ends the conversation on FIN both ways."""
+    f = packets.eth_ipv4_tcp
+    frames = [
+        (START, f(A, B, 4002, 80, packets.TCP_SYN)),
+        (START + 1000, f(B, A, 80, 4002, packets.TCP_SYN | packets.TCP_ACK, tos=0x20)),
+        (START + 2000, f(A, B, 4002, 80, packets.TCP_FIN | packets.TCP_ACK)),
+        (START + 3000, f(B, A, 80, 4002, packets.TCP_FIN | packets.TCP_ACK, tos=0x20)),
+        (START + 5 * S, udp_frame()),
+    ]
+    path = tmp_path / "fin-tos.pcap"
+    packets.write_pcap(path, frames)
+    records, stats = run([path], tcp_end_grace_s=1, idle_timeout_s=60)
+    tcp = [r for r in records if r["protocolIdentifier"] == 6]
+    assert sorted(r["ipClassOfService"] for r in tcp) == [0, 0x20]
+    assert {r["flowEndReason"] for r in tcp} == {3}
+    assert_conserved(records, stats)
+
+
 def test_tcp_rst_ends_the_flow(tmp_path):
     """A RST ends the flow (and its reverse) after the grace period."""
     f = packets.eth_ipv4_tcp
