@@ -260,7 +260,7 @@ def test_nfacctd_takes_labelled_records_silently(scheme, tmp_path):
         coll.drain()
         logged = coll.log_since_start()
     assert logged == "", logged[:2000]
-    learned = {tid for _sid, tid, kind in coll.learned_templates() if kind == 0}
+    learned = {tid for tid, kind in coll.learned_templates() if kind == 0}
     assert learned == {templates.TID_FLOW4, templates.TID_FLOW6}
     want = collections.Counter()
     for s in specs:
