@@ -14,7 +14,9 @@ interleaved (flowprobe, softflowd, softflowd -m 4M, flowprobe, ...) so
 that load from other work on the machine hits each tool alike:
 
   flowprobe   replay FILE -c CFG --max-flows 2097152 --idle-timeout 3600
-              --active-timeout 3600, CFG exporting IPFIX over UDP, unpaced
+              --active-timeout 3600 --no-dpi (softflowd identifies no
+              application; the DPI cost is `--only dpi`'s figure), CFG
+              exporting IPFIX over UDP, unpaced
               (rate_msgs_s: 0), to 127.0.0.1:PORT
   softflowd   -d -c none -r FILE -n 127.0.0.1:PORT -v 10, with its default
               table (-m 8192, which splits long flows and is its fast
@@ -105,7 +107,10 @@ def measure(runs: int, exes: dict, run_timed, warm, seed: int = 1) -> dict:
     timeout = 600
     tools = {
         "flowprobe": [exes["flowprobe"], "replay", f, "--max-flows", str(MAX_FLOWS),
-                      "--idle-timeout", "3600", "--active-timeout", "3600"],
+                      "--idle-timeout", "3600", "--active-timeout", "3600",
+                      # like for like: softflowd does no application
+                      # identification; its cost is the `dpi` part's figure
+                      "--no-dpi"],
     }
     res: dict = {"file": f, "generator": gen, "runs": runs}
     out: dict = {k: [] for k in ("flowprobe", "softflowd", "softflowd -m 4M")}
