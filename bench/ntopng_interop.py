@@ -21,7 +21,10 @@ both are deleted on exit, on error and on Ctrl-C:
    both in ntopng's first interface) on the capture end of the veth feeding the
    same ntopng while a few known flows are sent; ntopng's active flows
    (``/lua/rest/v2/get/flow/active.lua?ifid=N``) must show their addresses,
-   ports and protocol.
+   ports and protocol;
+4. **labels**: TLS (SNI www.google.com), DNS and HTTP conversations replayed
+   with time stamps of now: ntopng's active flows must show flowprobe's
+   nDPI label (``TLS.Google``, where a port guess would say ``TLS``).
 
 Prints the figures; exit 0 when every check holds, 1 otherwise, 2 when DIR
 has no ntopng binary. Not part of `make test` (it needs a built ntopng).
@@ -44,6 +47,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 
 from live_tools import NetnsPair, run  # noqa: E402
 
+import apps  # noqa: E402
 import packets  # noqa: E402
 import synth  # noqa: E402
 
@@ -242,6 +246,43 @@ def live_part(pair: NetnsPair, nt: Ntopng, work: Path, ifid: int) -> bool:
     return ok
 
 
+def labels_part(pair: NetnsPair, nt: Ntopng, work: Path, ifid: int) -> bool:
+    """Conversations whose application nDPI names beyond what a port says
+    (TLS with SNI www.google.com on 443: TLS.Google, where a port guess
+    gives TLS), replayed with time stamps of now; ntopng's active flows must
+    carry flowprobe's label (L7_PROTO "master.app"), not a port guess."""
+    convs = [apps.tls("198.18.210.1", "198.19.210.2", 41001),
+             apps.dns("198.18.210.3", "198.19.210.4", 41002),
+             apps.http("198.18.210.5", "198.19.210.6", 41003)]
+    cap = work / "labels.pcap"
+    apps.write(cap, convs, start_ns=time.time_ns())
+    cfg = work / "labels.yaml"
+    cfg.write_text(f"export:\n  - url: zmq://127.0.0.1:{ZMQ_PORT}\n    subscriber_wait_s: 15\n")
+    cp = flowprobe(pair, "replay", cap, "-c", cfg)
+    want = {(c.client, c.server, c.sport, c.dport): c.label for c in convs}
+    got: dict = {}
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        rsp = nt.rest(f"/lua/rest/v2/get/flow/active.lua?ifid={ifid}&perPage=1000") or {}
+        rows = rsp.get("data", rsp) if isinstance(rsp, dict) else rsp
+        for f in rows or []:
+            if isinstance(f, dict):
+                cli, srv, cport, sport, _ = flow_fields(f)
+                key = next((k for k in want if {k[0], k[1]} == {cli, srv}
+                            and {k[2], k[3]} == {cport, sport}), None)
+                if key:
+                    got[key] = (f.get("protocol") or {}).get("l7")
+        if set(want) <= set(got):
+            break
+        time.sleep(2)
+    print(f"labels (replay of {len(convs)} conversations, exit {cp.returncode}):")
+    for k, label in want.items():
+        print(f"  {k[0]}:{k[2]} -> {k[1]}:{k[3]}  flowprobe {label!r}  ntopng {got.get(k)!r}")
+    ok = cp.returncode == 0 and all(got.get(k) == v for k, v in want.items())
+    print("labels:", "OK (ntopng shows flowprobe's labels)" if ok else "FAILED")
+    return ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ntopng", required=True, metavar="DIR",
@@ -267,6 +308,7 @@ def main() -> int:
             ok = replay_part(pair, nt, work, truth, f"zmq+connect://127.0.0.1:{COLLECTOR_PORT}",
                              nt.ifid(f"{COLLECTOR_PORT}c")) and ok
             ok = live_part(pair, nt, work, bind_if) and ok
+            ok = labels_part(pair, nt, work, bind_if) and ok
     return 0 if ok else 1
 
 
