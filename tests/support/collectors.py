@@ -37,14 +37,18 @@ def udp_port_in_use(port, netns=None):
 
 @contextlib.contextmanager
 def nfcapd(directory, port=None, timeout_s=10.0, netns=None):
-    """Run `nfcapd -w DIR -p PORT -b 127.0.0.1` (in network namespace
+    """Run `nfcapd -w DIR -p PORT -b 127.0.0.1 -B 4MiB` (in network namespace
     `netns` if given) until the block ends; SIGTERM makes it flush its
     file. Yields the port."""
     port = port or free_port()
     os.makedirs(directory, exist_ok=True)
     log = open(os.path.join(str(directory), os.pardir, f"nfcapd-{port}.log"), "w")
+    # a 4 MiB socket buffer (net.core.rmem_max here): with the default one a
+    # loaded machine made it drop a datagram the probe had sent (the probe's
+    # own loopback capture held every sequence number; nfdump counted one
+    # sequence failure)
     proc = subprocess.Popen(in_netns(netns, ["nfcapd", "-w", str(directory), "-p", str(port),
-                                             "-b", "127.0.0.1"]),
+                                             "-b", "127.0.0.1", "-B", str(4 << 20)]),
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         end = time.monotonic() + timeout_s
