@@ -102,6 +102,12 @@ class Nfacctd:
                 # invalid size" where the heap layout lets it show
                 "debug: true",
                 f"nfacctd_renormalize: {'true' if renormalize else 'false'}",
+                # the core hands records to the print plugin through a
+                # pipe of buffers; at the defaults (344-byte buffers, 4 MB)
+                # a loaded machine made the plugin miss data ("Missing data
+                # detected") while everything had reached the core
+                "plugin_buffer_size: 10240",
+                "plugin_pipe_size: 104857600",
                 "plugins: print[flows]",
                 f"aggregate[flows]: {self.FIELDS}",
                 "print_output[flows]: csv",
