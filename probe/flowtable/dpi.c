@@ -333,9 +333,9 @@ void ft_dpi_attach(struct ft_table *t, struct ft_flow *f, struct ft_flow *r)
     if (s) {
         /* The conversation is under detection: share its state, if an
          * owner place is free (owners leave only all at once, in finish()):
-         * the reverse direction, or a flow begun by a ToS change (netflix.pcap
-         * :53134 <-> 52.89.39.139:443 moves from DSCP 0 to 32 before nDPI has
-         * seen the certificate). */
+         * the reverse direction, or a flow begun by a ToS change (a TLS
+         * conversation of the corpus's netflix.pcap moves from DSCP 0 to 32
+         * before nDPI has seen the certificate). */
         for (int k = 1; k < FT_DPI_OWNERS; k++) {
             if (!s->owner[k]) {
                 s->owner[k] = id + 1;
