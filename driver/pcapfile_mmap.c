@@ -50,16 +50,6 @@
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
 #endif
-/* The helper fills page tables with MADV_POPULATE_READ by default. Reading
- * one byte per 64 KiB instead (PF_TOUCH_STEP=65536) measured ~8% less CPU
- * in the reader alone, but a page past a new end of file then raises SIGBUS
- * in the helper, ahead of the walk: the handler cannot tell that from a
- * fault in walked data, and the reader stopped before records that were
- * still whole (test_pcapfile_shrink, under load). Populate reports that
- * case as an error instead of a signal. */
-#ifndef PF_TOUCH_STEP
-#define PF_TOUCH_STEP 0
-#endif
 #ifndef PF_AHEAD
 #define PF_AHEAD 4096              /* bytes prefetched ahead of the walk */
 #endif
@@ -269,26 +259,15 @@ static int mm_header(struct pf_reader *r)
     return 1;
 }
 
-/* Fill the page tables of a window ahead of the walk (helper thread). */
+/* Fill the page tables of a window ahead of the walk (helper thread), best
+ * effort. MADV_POPULATE_READ, not reads: populate reports a page past a new
+ * end of file as an error, where a read (one per 64 KiB fault-around block
+ * measured ~8% less CPU in the reader alone) raised SIGBUS in this thread,
+ * ahead of the walk, and the reader then stopped before records that were
+ * still whole (test_pcapfile_shrink, under load). */
 static void mm_fill(void *p, size_t len)
 {
-#if PF_TOUCH_STEP
-    const volatile uint8_t *b = p;
-    size_t o;
-
-    /* Read one byte every PF_TOUCH_STEP: each fault maps every cached page
-     * of its fault-around block (64 KiB by default) in one go, cheaper than
-     * MADV_POPULATE_READ's walk page by page (follow_page_pte): the reader
-     * alone (bench/c/pf_bench.c) over the 10M-packet IMIX capture, page
-     * cache warm, took 1.01-1.09 CPU s against 1.11-1.25. WILLNEED first:
-     * on a cold file the readahead of the whole window starts at once. Off
-     * by default: see PF_TOUCH_STEP. */
-    (void)madvise(p, len, MADV_WILLNEED);
-    for (o = 0; o < len; o += PF_TOUCH_STEP)
-        (void)b[o];
-#else
-    (void)madvise(p, len, MADV_POPULATE_READ);  /* best effort */
-#endif
+    (void)madvise(p, len, MADV_POPULATE_READ);
 }
 
 static void *mm_ahead_main(void *arg)
