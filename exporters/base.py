@@ -72,14 +72,45 @@ class PacketClock:
         return (now_ms - self.boot_ms) & 0xFFFFFFFF
 
 
+class MessageBlock:
+    """Whole messages back to back: message i is ``lens[i]`` bytes of
+    ``data`` (after the ones before it) and carries ``nrecs[i]`` data
+    records; ``records`` is their sum. The unit an encoder hands to a
+    transport, so that Python works per block of up to
+    MAX_BLOCK_MESSAGES messages, not per message."""
+    __slots__ = ("data", "lens", "nrecs", "records")
+
+    def __init__(self, data: bytes, lens: list, nrecs: list, records: int):
+        self.data, self.lens, self.nrecs, self.records = data, lens, nrecs, records
+
+    @classmethod
+    def of(cls, message: bytes, nrecords: int) -> "MessageBlock":
+        return cls(message, [len(message)], [nrecords], nrecords)
+
+    def messages(self):
+        """(message bytes, data records in it), one by one."""
+        data, off = self.data, 0
+        for length, n in zip(self.lens, self.nrecs):
+            yield data[off:off + length], n
+            off += length
+
+
+# Messages per enc_encode_msgs() call: one sendmmsg() batch (udpsend.c).
+MAX_BLOCK_MESSAGES = 64
+
+
 class RecordEncoder:
     """Encodes record arrays into complete messages of at most `mtu` bytes.
 
-    Subclasses set `header_len`, the layout, and implement `_frame` (write
-    the header into self._buf[0:header_len]) plus template/options messages.
+    The C encoder writes whole messages, header included
+    (enc_encode_msgs); subclasses set `header_len`, the layout, the name of
+    their sequence counter (`seq_attr`) and `_header_fields` (the header
+    fields that stay the same for one batch), plus template/options
+    messages, which are built here in Python.
     """
     header_len = 0
     name = "?"
+    seq_attr = "sequence"
     # the sampling-rate options template, set when sampling 1:N (N > 1)
     sampling_rate_tmpl = None
 
@@ -88,9 +119,10 @@ class RecordEncoder:
             raise EncodeError(f"mtu {cfg.mtu} out of range {MIN_MTU}..{MAX_MTU}")
         self.cfg = cfg
         self.clock = PacketClock(cfg.boot_margin_ms)
-        self._buf = bytearray(cfg.mtu)
-        self._cbuf = ffi.from_buffer(self._buf)
-        self._view = memoryview(self._buf)      # one copy per message, not two
+        self._buf = ffi.new("uint8_t[]", cfg.mtu * MAX_BLOCK_MESSAGES)
+        self._lens = ffi.new("uint32_t[]", MAX_BLOCK_MESSAGES)
+        self._nrecs = ffi.new("uint32_t[]", MAX_BLOCK_MESSAGES)
+        self._hdr = ffi.new("struct enc_header *")
         self._res = ffi.new("struct enc_result *")
         self._lay = ffi.new("struct enc_layout *")
         self._keep = []
@@ -109,38 +141,50 @@ class RecordEncoder:
         lay.set_hdr, lay.set_align = set_hdr, align
         lay.max_records = max_records
 
-    def encode(self, address: int, n: int):
-        """Yield (message bytes, data records in it) for records[0..n)."""
+    def encode_blocks(self, address: int, n: int, limit=None):
+        """Yield MessageBlocks for records[0..n). ``limit()``, asked before
+        each block, caps its messages (the exporter's template refresh
+        falls between two blocks); the sequence counter is read before and
+        stored after each block, so messages built in between (templates,
+        options) take their place in the sequence."""
         clock = self.clock
         clock.observe(address, n)
         self._lay.boot_ms = clock.boot_ms or 0
-        size = RECORD_SIZE
-        hl = self.header_len
-        cap = self.cfg.mtu - hl
-        res = self._res
-        lay, out, view = self._lay, self._cbuf + hl, self._view
-        encode, frame = lib.enc_encode, self._frame
+        hdr, res, lay = self._hdr, self._res, self._lay
+        self._header_fields(hdr)
+        buf, lens, nrecs, mtu = self._buf, self._lens, self._nrecs, self.cfg.mtu
+        encode, size, seq = lib.enc_encode_msgs, RECORD_SIZE, self.seq_attr
         done = 0
         while done < n:
-            rc = encode(lay, address + done * size, n - done, out, cap, res)
+            k = MAX_BLOCK_MESSAGES if limit is None else \
+                max(1, min(MAX_BLOCK_MESSAGES, limit()))
+            hdr.sequence = getattr(self, seq)
+            rc = encode(lay, hdr, address + done * size, n - done, buf, mtu, k,
+                        lens, nrecs, res)
             if rc != 0:
-                raise EncodeError(f"enc_encode failed: {rc}")
+                raise EncodeError(f"enc_encode_msgs failed: {rc}")
+            setattr(self, seq, hdr.sequence)
             done += res.consumed
-            encoded = res.encoded
             if res.skipped:
                 self.records_not_exportable += res.skipped
             if res.clamped:
                 self.records_clamped += res.clamped
-            if encoded:
-                self.records_encoded += encoded
-                total = hl + res.bytes
-                frame(total, encoded, res.sets)
-                yield bytes(view[:total]), encoded
+            m = res.messages
+            if m:
+                self.records_encoded += res.encoded
+                yield MessageBlock(ffi.buffer(buf, res.bytes)[:], ffi.unpack(lens, m), ffi.unpack(nrecs, m),
+                                   res.encoded)
             elif res.consumed == 0:
                 raise EncodeError("record larger than the message buffer")
 
+    def encode(self, address: int, n: int):
+        """Yield (message bytes, data records in it) for records[0..n)."""
+        for block in self.encode_blocks(address, n):
+            yield from block.messages()
+
     # -- subclasses ---------------------------------------------------------
-    def _frame(self, total: int, nrecords: int, nsets: int) -> None:
+    def _header_fields(self, hdr) -> None:
+        """Fill `struct enc_header` but for the sequence (from the clock)."""
         raise NotImplementedError
 
     def template_message(self):

@@ -112,6 +112,7 @@ struct enc_result {
     uint64_t skipped;          /* not exportable with this layout */
     uint64_t clamped;          /* records with a saturated field */
     uint64_t sets;             /* set headers written */
+    uint64_t messages;         /* enc_encode_msgs(): messages written */
 };
 
 /* Bytes one record of this field list takes on the wire (a variable-length
@@ -127,6 +128,40 @@ uint32_t enc_record_length(const struct enc_field *fields, uint32_t n);
  */
 int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
                uint8_t *buf, size_t cap, struct enc_result *res);
+
+/*
+ * Whole messages: header, data sets and records, back to back.
+ *
+ * enc_encode_msgs() encodes records[0..n) into at most max_msgs messages of
+ * at most mtu bytes each, written one after the other into buf (which holds
+ * max_msgs * mtu bytes): message i takes lens[i] bytes and carries nrecs[i]
+ * data records. A chunk of records that are all skipped makes no message.
+ * The header fields that stay the same for the whole call are in *hdr; the
+ * sequence number is per message (IPFIX and NetFlow v5: data records sent
+ * before the message; NetFlow v9: messages sent before it) and hdr->sequence
+ * is left at the next message's. *res holds the totals. It stops early
+ * (res->consumed < n) only at max_msgs, or at a record too large for an
+ * empty message (consumed 0: the caller's mtu is too small). Returns 0, or
+ * -EINVAL as enc_encode().
+ */
+struct enc_header {
+    uint16_t version;          /* 5, 9 or 10: the header's layout */
+    uint16_t engine;           /* v5: engine_type << 8 | engine_id */
+    uint16_t sampling;         /* v5: sampling mode << 14 | interval */
+    uint32_t domain_id;        /* IPFIX observation domain, v9 source id */
+    uint32_t unix_secs;        /* export time */
+    uint32_t unix_nsecs;       /* v5 */
+    uint32_t uptime_ms;        /* v5, v9: sysUptime */
+    uint64_t sequence;         /* in: the first message's; out: the next one's */
+};
+
+/* Header bytes of a version (5: 24, 9: 20, 10: 16), 0 for another. */
+uint32_t enc_header_length(uint16_t version);
+
+int enc_encode_msgs(const struct enc_layout *lay, struct enc_header *hdr,
+                    uintptr_t records, size_t n, uint8_t *buf, size_t mtu,
+                    uint32_t max_msgs, uint32_t *lens, uint32_t *nrecs,
+                    struct enc_result *res);
 
 /* min(first_ns) and max(last_ns) over records[0..n), in ms; (0, 0) if n == 0. */
 void enc_time_span(uintptr_t records, size_t n, uint64_t *min_first_ms,

@@ -67,8 +67,15 @@ class TemplatePolicy:
     def options_due(self, now: float) -> bool:
         return bool(self.options_every_s and now - self._last_options >= self.options_every_s)
 
-    def data_sent(self) -> None:
-        self._since += 1
+    def data_sent(self, messages: int = 1) -> None:
+        self._since += messages
+
+    def messages_until_due(self) -> int:
+        """Data messages that may go before the count trigger fires (a
+        large number when there is none)."""
+        if not self.every_messages:
+            return 1 << 30
+        return max(1, self.every_messages - self._since)
 
     def count_due(self) -> bool:
         return bool(self.every_messages and self._since >= self.every_messages)
@@ -180,6 +187,15 @@ class Exporter:
         if self._options_pending or self.policy.options_due(now):
             self._send_options(now)
 
+    def _block_limit(self) -> int:
+        """Messages the next block may hold: it ends where the count trigger
+        fires, so templates follow exactly `every_messages` data messages;
+        and a time trigger already due gets a block of one, then its turn,
+        as it would one message at a time."""
+        if time.monotonic() >= self.policy.next_time_due():
+            return 1
+        return self.policy.messages_until_due()
+
     # -- data path -------------------------------------------------------------
     def open(self) -> None:
         """Ready to export. The transport opens with the first records (or a
@@ -209,12 +225,12 @@ class Exporter:
                 self._open_transport()
             if self._options_pending:
                 self._send_options(time.monotonic())
-            send, policy, clock = self.transport.send, self.policy, time.monotonic
+            send, policy, clock = self.transport.send_block, self.policy, time.monotonic
             time_due = policy.next_time_due()
-            for msg, nrec in self.encoder.encode(address, n):
-                send(msg, nrec)
-                handed += nrec
-                policy.data_sent()
+            for block in self.encoder.encode_blocks(address, n, self._block_limit):
+                send(block)
+                handed += block.records
+                policy.data_sent(len(block.lens))
                 # after the send: a header built now takes the next sequence.
                 # (_maybe_refresh() only when one of its triggers may fire.)
                 if policy.count_due() or self._options_pending or clock() >= time_due:

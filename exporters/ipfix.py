@@ -38,6 +38,7 @@ class IpfixEncoder(RecordEncoder):
         self._set_layout(t4.fields_cdata(ffi, lib), t6.fields_cdata(ffi, lib),
                          t4.template_id, t6.template_id, 1, 1)
         self.sequence = 0
+        self._template_body = None
 
     def _header(self, length: int, ndata: int) -> bytes:
         hdr = IPFIX_HEADER.pack(10, length, (self.clock.now_ms // 1000) & 0xFFFFFFFF,
@@ -45,15 +46,17 @@ class IpfixEncoder(RecordEncoder):
         self.sequence += ndata
         return hdr
 
-    def _frame(self, total, nrecords, nsets):
-        seq = self.sequence
-        IPFIX_HEADER.pack_into(self._buf, 0, 10, total, (self.clock.now_ms // 1000) & 0xFFFFFFFF,
-                               seq & 0xFFFFFFFF, self.cfg.domain_id)
-        self.sequence = seq + nrecords
+    def _header_fields(self, hdr):
+        hdr.version = 10
+        hdr.unix_secs = (self.clock.now_ms // 1000) & 0xFFFFFFFF
+        hdr.domain_id = self.cfg.domain_id
 
     def template_message(self):
-        # one options template per set (options.py says why)
-        body = (_set(SET_TEMPLATE, b"".join(t.ipfix_record() for t in self.templates))
+        body = self._template_body
+        if body is None:    # built once: a refresh every 20 messages resends it
+            # one options template per set (options.py says why)
+            body = self._template_body = (
+                _set(SET_TEMPLATE, b"".join(t.ipfix_record() for t in self.templates))
                 + b"".join(_set(SET_OPTIONS_TEMPLATE, t.ipfix_record())
                            for t in options_templates(self)))
         return self._header(self.header_len + len(body), 0) + body

@@ -20,6 +20,7 @@ V5_MAX_RECORDS = 30
 
 class Netflow5Encoder(RecordEncoder):
     name = "netflow5"
+    seq_attr = "flow_sequence"
     header_len = V5_HEADER.size
 
     def __init__(self, cfg: EncoderConfig):
@@ -36,10 +37,11 @@ class Netflow5Encoder(RecordEncoder):
         si = cfg.sampling_interval
         self._sampling = 0 if si <= 1 else (1 << 14) | min(si, 0x3FFF)
 
-    def _frame(self, total, nrecords, nsets):
+    def _header_fields(self, hdr):
         now = self.clock.now_ms
-        V5_HEADER.pack_into(self._buf, 0, 5, nrecords, self.clock.uptime_ms(now),
-                            now // 1000, (now % 1000) * 1_000_000,
-                            self.flow_sequence & 0xFFFFFFFF,
-                            self.cfg.engine_type, self.cfg.engine_id, self._sampling)
-        self.flow_sequence += nrecords
+        hdr.version = 5
+        hdr.uptime_ms = self.clock.uptime_ms(now)
+        hdr.unix_secs = (now // 1000) & 0xFFFFFFFF
+        hdr.unix_nsecs = (now % 1000) * 1_000_000
+        hdr.engine = (self.cfg.engine_type & 0xFF) << 8 | (self.cfg.engine_id & 0xFF)
+        hdr.sampling = self._sampling

@@ -28,6 +28,7 @@ def _set(set_id: int, body: bytes) -> bytes:
 
 class Netflow9Encoder(RecordEncoder):
     name = "netflow9"
+    seq_attr = "package_sequence"
     header_len = V9_HEADER.size
 
     def __init__(self, cfg: EncoderConfig):
@@ -41,6 +42,7 @@ class Netflow9Encoder(RecordEncoder):
         self._set_layout(t4.fields_cdata(ffi, lib), t6.fields_cdata(ffi, lib),
                          t4.template_id, t6.template_id, 1, 4)
         self.package_sequence = 0
+        self._template_body = None
 
     def _header(self, count: int) -> bytes:
         now = self.clock.now_ms
@@ -52,14 +54,22 @@ class Netflow9Encoder(RecordEncoder):
         self.package_sequence += 1
         return hdr
 
-    def _frame(self, total, nrecords, nsets):
-        self._buf[:self.header_len] = self._header(nrecords)
+    def _header_fields(self, hdr):
+        secs = self.clock.now_ms // 1000
+        hdr.version = 9
+        hdr.uptime_ms = self.clock.uptime_ms(secs * 1000)
+        hdr.unix_secs = secs & 0xFFFFFFFF
+        hdr.domain_id = self.cfg.domain_id
 
     def template_message(self):
-        body = _set(SET_TEMPLATE, b"".join(t.v9_record() for t in self.templates))
-        # one options template per set (options.py says why)
-        opts = [_set(SET_OPTIONS_TEMPLATE, t.v9_record()) for t in options_templates(self)]
-        return self._header(len(self.templates) + len(opts)) + body + b"".join(opts)
+        if self._template_body is None:     # built once: refreshes resend it
+            # one options template per set (options.py says why)
+            opts = [_set(SET_OPTIONS_TEMPLATE, t.v9_record()) for t in options_templates(self)]
+            self._template_body = (
+                _set(SET_TEMPLATE, b"".join(t.v9_record() for t in self.templates))
+                + b"".join(opts), len(self.templates) + len(opts))
+        body, count = self._template_body
+        return self._header(count) + body
 
     def options_message(self, stats: dict):
         sets = [_set(t.template_id, rec)

@@ -37,7 +37,7 @@ import zmq
 
 from flowprobe import __version__
 from flowprobe.exporters._encode import ffi, lib
-from flowprobe.exporters.base import PacketClock
+from flowprobe.exporters.base import MessageBlock, PacketClock
 from flowprobe.exporters.transports import Transport
 
 #: ntop's zmq_msg_hdr_v1 (ntopng include/ntop_typedefs.h): topic, version,
@@ -218,6 +218,11 @@ class NtopngEncoder:
         out = self.payloads.encode(records, n)
         self.records_encoded += n
         return out
+
+    def encode_blocks(self, records, n: int, limit=None):
+        """One MessageBlock per payload: ZeroMQ sends message by message."""
+        for payload, count in self.encode(records, n):
+            yield MessageBlock.of(payload, count)
 
     def template_message(self) -> None:
         return None

@@ -113,6 +113,66 @@ def test_messages_never_exceed_mtu(name, mtu):
         assert m is None or len(m) <= mtu
 
 
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_blocks_hold_whole_messages_in_sequence(name):
+    """encode_blocks() (the C writes every header) cuts the same messages as
+    one block at a time would: each block within its limit, the messages
+    back to back in it, and the sequence numbers running on across blocks
+    and across a template message sent between two blocks."""
+    specs = [dict(FIXED[i % len(FIXED)]) for i in range(2000)]
+    arr = make_records(specs)
+    one = ENCODERS[name](EncoderConfig(mtu=576))
+    want = [m for m, _ in one.encode(address(arr), len(specs))]
+    enc = ENCODERS[name](EncoderConfig(mtu=576))
+    limits, asked = iter([1, 3, 64, 2] * 100), []
+
+    def limit():
+        asked.append(next(limits))
+        return asked[-1]
+
+    got, templates_between = [], 0
+    for block in enc.encode_blocks(address(arr), len(specs), limit):
+        assert 1 <= len(block.lens) <= asked[-1] and sum(block.lens) == len(block.data)
+        assert block.records == sum(block.nrecs)
+        got += [m for m, _ in block.messages()]
+        if enc.template_message() is not None:   # advances v9's sequence
+            templates_between += 1
+    assert len(got) == len(want) > 10
+    seq_at = {"ipfix": 8, "netflow9": 12, "netflow5": 16}[name]
+    for i, (g, w) in enumerate(zip(got, want)):
+        # the same message but for the sequence: v9 counts the templates in between
+        assert g[:seq_at] == w[:seq_at] and g[seq_at + 4:] == w[seq_at + 4:], i
+    seqs = [struct.unpack_from("!I", m, seq_at)[0] for m in got]
+    if name == "netflow9":
+        # a template after every block, the last one after the last message
+        assert seqs[-1] - seqs[0] == len(got) - 1 + templates_between - 1
+    else:
+        assert seqs == [struct.unpack_from("!I", m, seq_at)[0] for m in want]
+
+
+def test_templates_follow_every_nth_data_message_with_blocks():
+    """The exporter's count trigger cuts blocks: on the wire a template
+    message follows exactly every `template_refresh_messages` data messages."""
+    from export_pcap import UdpRecorder
+    from flowprobe.exporters.exporter import build_exporters
+
+    rec = UdpRecorder()
+    try:
+        exps = build_exporters([{"url": f"ipfix://127.0.0.1:{rec.port}", "rate_msgs_s": 0,
+                                 "template_refresh_messages": 7}])
+        specs = [dict(FIXED[i % len(FIXED)]) for i in range(3000)]
+        arr = make_records(specs)
+        exps.sink(address(arr), len(specs))
+        exps.close()
+    finally:
+        datagrams = rec.stop()
+    kinds = ["T" if struct.unpack_from("!H", d, 16)[0] == 2 else "D"
+             for _, d, _ in datagrams if struct.unpack_from("!H", d, 16)[0] in (2, 256, 257)]
+    runs = "".join(kinds).split("T")
+    assert runs[0] == "" and len(runs) > 5
+    assert all(len(r) == 7 for r in runs[1:-1]) and 1 <= len(runs[-1]) <= 7, runs
+
+
 def test_netflow5_limits_clamps_and_counts():
     """v5: at most 30 records per packet, IPv6 counted as not exportable,
     counters over 32 bits saturate and are counted."""

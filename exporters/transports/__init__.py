@@ -76,6 +76,12 @@ class Transport:
     def send(self, message: bytes, nrecords: int) -> None:
         raise NotImplementedError
 
+    def send_block(self, block) -> None:
+        """Send the messages of a MessageBlock (exporters/base.py); one by
+        one unless the transport has a faster way."""
+        for message, nrecords in block.messages():
+            self.send(message, nrecords)
+
     def push(self) -> None:
         """Send what send() batched (the end of an export batch)."""
 

@@ -63,7 +63,8 @@ class UdpTransport(Transport):
         self._last = time.monotonic()
         self._batch: list[bytes] = []
         self._batch_records: list[int] = []
-        # (datagram, records) of the last REFUSAL_MEMORY data datagrams sent
+        # (first KEY_BYTES of the datagram, records) of the last
+        # REFUSAL_MEMORY data datagrams sent
         self._recent: collections.deque = collections.deque(maxlen=REFUSAL_MEMORY)
         self._err = ffi.new("int *")
         self.give_up_at: float | None = None   # monotonic; set by the pipeline's close
@@ -119,6 +120,40 @@ class UdpTransport(Transport):
         if len(self._batch) >= BATCH_MAX:
             self.push()
 
+    def send_block(self, block) -> None:
+        """A block's messages straight from its bytes, in sendmmsg() calls of
+        as many as the bucket allows: no Python per message. Anything the
+        kernel did not take (an error, the drain deadline) goes on through
+        push(), which words and counts it message by message."""
+        if self._batch:
+            self.push()
+        lens, nrecs, data = block.lens, block.nrecs, block.data
+        total, i, off = len(lens), 0, 0
+        if not self._batch and self.sock is not None:
+            clens = ffi.new("uint32_t[]", lens)
+            cdata = ffi.from_buffer(data)
+            fd = self.sock.fileno()
+            while i < total:
+                if self.give_up_at is not None and self.rate > 0 \
+                        and time.monotonic() >= self.give_up_at:
+                    break
+                k = self._take_tokens(total - i)
+                self.send_calls += 1
+                sent = lib.udp_send_batch(fd, cdata + off, clens + i, k, self._err)
+                if sent > 0:
+                    nbytes = sum(lens[i:i + sent])
+                    self._sent_range(data, off, lens[i:i + sent], nrecs[i:i + sent], nbytes)
+                    i += sent
+                    off += nbytes
+                if sent < k:
+                    break
+        for length, n in zip(lens[i:], nrecs[i:]):
+            self._batch.append(data[off:off + length])
+            self._batch_records.append(n)
+            off += length
+        if self._batch:
+            self.push()
+
     def push(self) -> None:
         """Send every batched message (paced)."""
         retried = False
@@ -168,7 +203,20 @@ class UdpTransport(Transport):
         self.messages_sent += len(messages)
         self.bytes_sent += sum(map(len, messages))
         self.records_sent += sum(nrecords)
-        self._recent.extend((m, n) for m, n in zip(messages, nrecords) if n)
+        self._recent.extend((m[:KEY_BYTES], n) for m, n in zip(messages, nrecords) if n)
+
+    def _sent_range(self, data: bytes, off: int, lens: list, nrecords: list,
+                    nbytes: int) -> None:
+        """_sent() for messages lying back to back in data from off."""
+        self.messages_sent += len(lens)
+        self.bytes_sent += nbytes
+        self.records_sent += sum(nrecords)
+        keys = []
+        for length, n in zip(lens, nrecords):
+            if n:
+                keys.append((data[off:off + KEY_BYTES], n))
+            off += length
+        self._recent.extend(keys)
 
     def _read_refusals(self) -> None:
         """Move the records of refused datagrams from exported to not sent."""
@@ -192,8 +240,8 @@ class UdpTransport(Transport):
     def _forget(self, key: bytes) -> int:
         """Records of the remembered datagram starting with ``key`` (0 if
         none), which is forgotten: a refusal is credited once."""
-        for i, (m, n) in enumerate(self._recent):
-            if m[:KEY_BYTES] == key:
+        for i, (k, n) in enumerate(self._recent):
+            if k == key:
                 del self._recent[i]
                 return n
         return 0
