@@ -18,6 +18,11 @@
  *            and each packet of a flow under detection goes through nDPI
  *            after the flow's update, in the same ft_ingest() call.
  *
+ * The forced end of every flow (ft_flush) walks the slab in index order,
+ * not the wheel, and unlinks no flow: once past the last one it resets the
+ * chains, the wheel, the free list and the fill mark at once (expire.c).
+ * So ft_ingest() finishes a flush under way before it takes a packet.
+ *
  * Expiry decisions are exact, whatever the wheel's granularity: a packet
  * that finds its flow past a deadline expires that flow first (inline), so
  * splits depend only on packet times and the timeouts.
@@ -300,6 +305,10 @@ int ft_ingest(struct ft_table *t, uint32_t linktype, const struct ft_pkt *pkts, 
     *consumed = 0;
     if (!t || (!pkts && n))
         return -EINVAL;
+    /* A flush under way leaves emitted flows in the chains and the wheel
+     * (expire.c): it ends first, so these packets start new flows. */
+    if (n && t->flushing && !ft_flush_some(t))
+        return 0; /* the pending buffer is full: drain, call again */
     /* Take only as many packets as the pending buffer has room for. */
     size_t room = pending_free(t) / RECORDS_PER_PACKET;
     if (n > room)

@@ -119,7 +119,9 @@ uint32_t ft_dpi_slot_size(void);
  * Parse and account packets pkts[0..n). Stops early when the pending record
  * buffer cannot take what one more packet may expire; *consumed says how
  * many packets were taken. Drain with ft_expire() and call again with the
- * rest. Returns 0, or -EINVAL on bad arguments.
+ * rest. A flush not yet collected is finished first: until every flow it
+ * ends is in the pending buffer no packet is taken, and later packets start
+ * new flows. Returns 0, or -EINVAL on bad arguments.
  */
 int ft_ingest(struct ft_table *t, uint32_t linktype, const struct ft_pkt *pkts,
               size_t n, size_t *consumed);
@@ -134,8 +136,11 @@ size_t ft_expire(struct ft_table *t, uint64_t now_ns,
 
 /*
  * End every flow with reason FT_END_FORCED (shutdown, end of input). Call
- * ft_expire() until it returns less than cap to collect them. Returns the
- * number of flows ended.
+ * ft_expire() until it returns less than cap to collect them; they come in
+ * no particular order (the slab's, not their deadlines'). Returns the
+ * number of flows ended (flows kept empty over an active timeout included:
+ * they end without a record); called again before the flush is over, it
+ * carries the same flush on.
  */
 size_t ft_flush(struct ft_table *t);
 

@@ -57,8 +57,8 @@ struct ft_table {
     uint32_t slot_next[WHEEL_SLOTS];
     uint64_t wheel_done;            /* slots <= this absolute slot are processed */
     int wheel_started;
-    int flushing;
-    uint32_t flush_slot;
+    int flushing;                   /* a flush is under way (expire.c) */
+    uint32_t flush_next;            /* its cursor: the next flow index to end */
     uint64_t evict_slot;            /* where the last eviction found a flow */
     struct ft_record *pending;
     uint32_t pending_head;
@@ -171,6 +171,10 @@ static inline int due_reason(const struct ft_table *t, const struct ft_flow *f, 
  * room when the table is full by evicting the flow due first. */
 void ft_expire_flow(struct ft_table *t, struct ft_flow *f, int reason);
 void ft_evict_one(struct ft_table *t);
+/* Carry a flush on while the pending buffer has room: 1 once every flow is
+ * ended and the table is empty again, else 0. Until then flows already
+ * emitted are still in the chains and the wheel (expire.c). */
+int ft_flush_some(struct ft_table *t);
 
 /* ---- application identification (dpi.c) -------------------------------- */
 

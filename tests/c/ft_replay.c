@@ -7,7 +7,13 @@
  * have ended one way (detected, guessed, unknown). Prints one line of
  * counters per file; exits 1 on a broken invariant, 2 on a file error.
  *
- *   ft_replay [-m max_flows] [-b batch] [-p dpi_pool] [-n] FILE...
+ * -f N starts a flush after every N batches and collects one record
+ * buffer's worth only, so that the next batch meets an unfinished flush (the
+ * flows it already emitted still in the chains and the wheel: ft_ingest()
+ * must finish it first). -r sets the pending record buffer; a small one
+ * leaves more of each flush unfinished.
+ *
+ *   ft_replay [-m max_flows] [-b batch] [-p dpi_pool] [-n] [-f N] [-r records] FILE...
  */
 #include <pcap/pcap.h>
 #include <stdio.h>
@@ -20,7 +26,8 @@
 
 #define ARENA_BYTES (1u << 22)
 
-static int replay(const char *path, uint32_t max_flows, size_t batch, uint32_t dpi_pool)
+static int replay(const char *path, uint32_t max_flows, size_t batch, uint32_t dpi_pool,
+                  unsigned flush_every, uint32_t record_buffer)
 {
     char errbuf[PCAP_ERRBUF_SIZE];
     pcap_t *pc = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_NANO, errbuf);
@@ -29,7 +36,7 @@ static int replay(const char *path, uint32_t max_flows, size_t batch, uint32_t d
         return 2;
     }
     struct ft_config cfg = {
-        .max_flows = max_flows, .record_buffer = 4096,
+        .max_flows = max_flows, .record_buffer = record_buffer,
         .idle_timeout_ns = 30000000000ull, .active_timeout_ns = 120000000000ull,
         .tcp_end_grace_ns = 2000000000ull, .ifindex = 1,
         .dpi = dpi_pool ? 1 : 0, .dpi_max_flows = dpi_pool,
@@ -46,6 +53,7 @@ static int replay(const char *path, uint32_t max_flows, size_t batch, uint32_t d
     uint64_t rec_pkts = 0, rec_octets = 0;
     int linktype = pcap_datalink(pc);
     int eof = 0;
+    unsigned batches = 0;
     while (!eof) {
         size_t n = 0, used = 0;
         struct pcap_pkthdr *h;
@@ -79,6 +87,17 @@ static int replay(const char *path, uint32_t max_flows, size_t batch, uint32_t d
         }
         for (size_t i = 0; i < n; i++)
             free((void *)pkts[i].data);
+        if (flush_every && ++batches % flush_every == 0) {
+            ft_flush(t);
+            ft_flush(t); /* again mid-flush: carries the same flush on */
+            /* One buffer's worth: the flush stops when the buffer is full,
+             * and the empty buffer then lets the next batch in. */
+            size_t k = ft_expire(t, 0, recs, record_buffer < 1024 ? record_buffer : 1024);
+            for (size_t i = 0; i < k; i++) {
+                rec_pkts += recs[i].packets;
+                rec_octets += recs[i].octets;
+            }
+        }
     }
     ft_flush(t);
     size_t k;
@@ -119,8 +138,10 @@ int main(int argc, char **argv)
     uint32_t max_flows = 4096;
     size_t batch = 256;
     uint32_t dpi_pool = 1024;
+    unsigned flush_every = 0;
+    uint32_t record_buffer = 4096;
     int opt, rc = 0;
-    while ((opt = getopt(argc, argv, "m:b:p:n")) != -1) {
+    while ((opt = getopt(argc, argv, "m:b:p:nf:r:")) != -1) {
         if (opt == 'm')
             max_flows = (uint32_t)strtoul(optarg, NULL, 10);
         else if (opt == 'b')
@@ -129,11 +150,15 @@ int main(int argc, char **argv)
             dpi_pool = (uint32_t)strtoul(optarg, NULL, 10);
         else if (opt == 'n')
             dpi_pool = 0;
+        else if (opt == 'f')
+            flush_every = (unsigned)strtoul(optarg, NULL, 10);
+        else if (opt == 'r')
+            record_buffer = (uint32_t)strtoul(optarg, NULL, 10);
         else
             return 2;
     }
     for (int i = optind; i < argc; i++) {
-        int r = replay(argv[i], max_flows, batch, dpi_pool);
+        int r = replay(argv[i], max_flows, batch, dpi_pool, flush_every, record_buffer);
         if (r > rc)
             rc = r;
     }
