@@ -22,6 +22,8 @@ BUILD_DEPS := 'setuptools>=64' wheel 'cffi>=1.15'
 # Everything the C extensions are built from: a change rebuilds them.
 C_SOURCES := setup.py $(wildcard */*_build.py */*/*_build.py \
 	*/*.c */*.h */*/*.c */*/*.h)
+# The package's Python (the work tree is the flowprobe package).
+PY_PACKAGE := *.py probe driver exporters config collector
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
@@ -41,9 +43,12 @@ $(VENV)/.deps: setup.py | apt-deps
 
 deps: apt-deps $(VENV)/.deps
 
-# Editable install: the venv's flowprobe is this work tree, C built in place.
+# Editable install: the venv's flowprobe is this work tree, C built in place;
+# byte-compiled as the .deb's py3compile does (start-up: ~0.1 s less where
+# PYTHONDONTWRITEBYTECODE is set and nothing would cache it).
 $(VENV)/.built: $(VENV)/.deps $(C_SOURCES)
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) -m compileall -q $(PY_PACKAGE)
 	touch $@
 
 build: deps $(VENV)/.built
