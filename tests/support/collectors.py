@@ -35,6 +35,14 @@ def udp_port_in_use(port, netns=None):
     return False
 
 
+def udp_rx_queue(port, netns=None):
+    """Bytes waiting in the receive queue of the UDP socket bound to
+    `port` (0 when there is none), as `ss` shows them."""
+    out = subprocess.run(in_netns(netns, ["ss", "-Hnul", f"sport = :{port}"]),
+                         capture_output=True, text=True).stdout
+    return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+
 @contextlib.contextmanager
 def nfcapd(directory, port=None, timeout_s=10.0, netns=None):
     """Run `nfcapd -w DIR -p PORT -b 127.0.0.1 -B 4MiB` (in network namespace
@@ -138,8 +146,14 @@ class Nfacctd:
         self.startup_log = self.read_log()
         return self
 
-    def drain(self, seconds=0.5):
-        """Give it time to read what is still in its socket."""
+    def drain(self, seconds=0.5, timeout_s=10.0):
+        """Wait until it has read its socket empty (bounded: a loaded
+        machine left datagrams unread at the SIGINT, and the print plugin
+        then had nothing to write), then `seconds` more for the core to
+        hand the records to the plugin."""
+        end = time.monotonic() + timeout_s
+        while udp_rx_queue(self.port, self.netns) and time.monotonic() < end:
+            time.sleep(0.05)
         time.sleep(seconds)
 
     def stop(self, timeout_s=20.0):
@@ -227,6 +241,8 @@ class Nfacctd:
         """{(src, dst, sport, dport, proto, tos): (packets, bytes)} from the
         CSV; addresses in canonical form, the protocol as a number."""
         out = {}
+        if not os.path.exists(self.csv):
+            raise AssertionError(f"nfacctd wrote no {self.csv}\n{self.diagnosis()}")
         with open(self.csv) as f:
             for row in csv.DictReader(f):
                 proto = row["PROTOCOL"].strip()
