@@ -133,3 +133,6 @@ const char *pf_errmsg(const struct pf_reader *r);
 /* Tests only: the mmap reader no longer checks the file's size, as if
  * every cut came right after a check (the SIGBUS path, deterministic). */
 void pf_test_skip_fstat(struct pf_reader *r);
+/* Tests only: 1 while the mmap reader's reader thread runs (see
+ * pcapfile_mmap.c: files larger than one window of 4 MiB or more). */
+int pf_test_reader_thread(const struct pf_reader *r);

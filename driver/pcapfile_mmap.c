@@ -836,6 +836,11 @@ void pf_test_skip_fstat(struct pf_reader *r)
     r->test_no_fstat = 1;
 }
 
+int pf_test_reader_thread(const struct pf_reader *r)
+{
+    return r->threaded;
+}
+
 void pf_mm_close(struct pf_reader *r)
 {
     mm_thread_stop(r);
