@@ -595,10 +595,17 @@ static size_t mm_sync_batch(struct pf_reader *r, struct ft_pkt *out, size_t cap)
     /* the previous batch is dead: every window but the current one goes */
     atomic_store_explicit(&r->rel_seq, r->prod_seq, memory_order_release);
     mm_release(r);
+    /* an error is adopted (and counted) when it is returned, as behind the
+     * reader thread's slots: never in the call that returns packets */
+    if (r->p_err != 0) {
+        mm_adopt_err(r);
+        return 0;
+    }
     n = mm_produce(r, out, cap);
     r->prod_seq++;
     r->windows = r->nwindows;
-    mm_adopt_err(r);
+    if (n == 0)
+        mm_adopt_err(r);
     return n;
 }
 

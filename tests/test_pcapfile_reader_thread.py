@@ -104,9 +104,12 @@ def test_caps_that_change_split_slots_and_counters_follow_the_caller(big):
     assert sum(1 for p in got if p[0] == 1400) == 2 * len(sizes) // 5
 
 
-def test_an_error_comes_after_every_packet_before_it(big):
+@pytest.mark.parametrize("window", ["4m", "1m"])
+def test_an_error_comes_after_every_packet_before_it(big, monkeypatch, window):
     """A record cut in a later window: every packet before it, then
-    TruncatedCaptureError, truncated_records counted when it is raised."""
+    TruncatedCaptureError, truncated_records counted when it is raised
+    (the same with the walk in the caller's thread, 1m windows)."""
+    monkeypatch.setenv("FLOWPROBE_PCAP_WINDOW", window)
     f, sizes, offs, blob = big
     f.write_bytes(blob[:offs[15_000] + 16 + 10])
     keep, addr = pf.alloc_pkt_array(1000)
