@@ -12,7 +12,7 @@
  *   - mmap: classic pcap files (magic a1b2c3d4 / a1b23c4d in either byte
  *     order) are mapped read-only in windows (64 MiB, or the byte count in
  *     the environment variable FLOWPROBE_PCAP_WINDOW, k/m/g suffix allowed;
- *     tests use small ones), MAP_POPULATE, the next window read ahead. A
+ *     tests use small ones), the next window read ahead. A
  *     record that straddles a window's end gets a new window mapped at its
  *     own page, large enough to hold it whole. ft_pkt.data points straight
  *     into the mapping (zero copy). Every record header is validated against
