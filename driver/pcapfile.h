@@ -18,7 +18,7 @@
  *     into the mapping (zero copy). Every record header is validated against
  *     the remaining file before use; nothing past the file is ever read.
  *     A file larger than one window of 4 MiB or more is walked by a reader
- *     thread, up to 4 batches (of the first call's cap) ahead of the
+ *     thread, up to 4 batches (of about the first call's cap) ahead of the
  *     caller, who gets a copy of the next walked batch's ft_pkt array;
  *     smaller files are walked in the caller's thread. At most 17 windows
  *     are mapped: the current one and those that batches handed out or
@@ -130,8 +130,8 @@ uint64_t pf_windows(const struct pf_reader *r);
 /* Fill pkts[0..cap) (a struct ft_pkt array, cap > 0, else -EINVAL).
  * See "Errors" above. A batch may hold fewer than cap packets before the
  * end of file (libpcap arena full; mmap reader: 17 windows mapped, or the
- * rest of a batch its reader thread walked with the first call's cap, at
- * most 65536). Blocks until the reader thread has a batch ready. */
+ * rest of a batch its reader thread walked: the first call's cap, 1024 to
+ * 65536 packets). Blocks until the reader thread has a batch ready. */
 long pf_next_batch(struct pf_reader *r, void *pkts, size_t cap);
 
 void pf_stats(const struct pf_reader *r, struct pf_stats *out);

@@ -66,7 +66,9 @@
  * (tests use smaller windows to run the caller-thread walk on many
  * windows). */
 #define PF_THREAD_MIN ((size_t)4 << 20)
-/* A slot holds the first call's cap, up to this many packets. */
+/* A slot holds the first call's cap, within these bounds: a small cap gets
+ * its packets from a slot in parts, not a wake-up of the thread each. */
+#define PF_SLOT_MIN ((size_t)1 << 10)
 #define PF_SLOT_MAX ((size_t)1 << 16)
 #ifndef PF_AHEAD
 #define PF_AHEAD 4096              /* bytes prefetched ahead of the walk */
@@ -560,7 +562,9 @@ static size_t mm_produce(struct pf_reader *r, struct ft_pkt *out, size_t cap)
     size_t n;
 
     /* A SIGBUS since the last batch (in the flow engine, reading it) means
-     * the file ends before r->off: nothing readable is left. */
+     * the file ends before r->off: nothing readable is left. (Behind a
+     * reader thread the caller then redoes this from what it was handed:
+     * mm_go_sync.) */
     mm_check_size(r);
     if (atomic_load_explicit(&r->bus_fault, memory_order_relaxed) ||
         (r->shrunk && r->off > r->file_len)) {
@@ -680,7 +684,8 @@ static void mm_thread_start(struct pf_reader *r, size_t cap)
     int rc;
 
     r->may_thread = 0;
-    r->slot_cap = cap < PF_SLOT_MAX ? cap : PF_SLOT_MAX;
+    r->slot_cap = cap < PF_SLOT_MIN ? PF_SLOT_MIN :
+                  cap > PF_SLOT_MAX ? PF_SLOT_MAX : cap;
     for (i = 0; i < PF_SLOTS; i++) {
         r->slots[i].pkts = malloc(r->slot_cap * sizeof(struct ft_pkt));
         if (r->slots[i].pkts == NULL)
