@@ -87,7 +87,6 @@ long pf_next_batch(struct pf_reader *r, void *pkts, size_t cap)
         return -EINVAL;            /* 0 would read as end of file */
     if (r->err)
         return r->err;
-    pf_mm_release_held(r);         /* the caller's pointers are dead now */
     if (r->is_mmap)
         n = (long)pf_mm_batch(r, out, cap);
     else

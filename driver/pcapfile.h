@@ -12,13 +12,18 @@
  *   - mmap: classic pcap files (magic a1b2c3d4 / a1b23c4d in either byte
  *     order) are mapped read-only in windows (64 MiB, or the byte count in
  *     the environment variable FLOWPROBE_PCAP_WINDOW, k/m/g suffix allowed;
- *     tests use small ones), MAP_POPULATE, the next window read ahead. A
+ *     tests use small ones), the next window read ahead. A
  *     record that straddles a window's end gets a new window mapped at its
  *     own page, large enough to hold it whole. ft_pkt.data points straight
  *     into the mapping (zero copy). Every record header is validated against
  *     the remaining file before use; nothing past the file is ever read.
- *     At most the current window plus the ones this batch points into are
- *     mapped, so memory stays bounded whatever the file's size.
+ *     A file larger than one window of 4 MiB or more is walked by a reader
+ *     thread, up to 4 batches (of about the first call's cap) ahead of the
+ *     caller, who gets a copy of the next walked batch's ft_pkt array;
+ *     smaller files are walked in the caller's thread. At most 17 windows
+ *     are mapped: the current one and those that batches handed out or
+ *     walked ahead point into, so memory stays bounded whatever the
+ *     file's size.
  *   - libpcap: pcapng, anything else libpcap reads, non-regular files, the
  *     few classic-pcap variants whose semantics only libpcap implements
  *     (Kuznetzov records, byte-swapped pseudo-headers, huge-snaplen link
@@ -40,7 +45,7 @@
  *   - The pkts array belongs to the caller and is only written.
  *   - ft_pkt.data pointers (both readers, as libpcap's): valid until the
  *     next pf_next_batch() or pf_close(). The mmap reader unmaps windows
- *     that earlier batches pointed into at the start of the next call.
+ *     that earlier batches pointed into once the next call has started.
  *   - The mmap reader sees the file as it was at pf_open() (a file still
  *     being written ends at its size then). A file that SHRINKS while it
  *     is read (another process truncates it) does not kill the process:
@@ -83,7 +88,8 @@
  *   - pf_next_batch(): returns the count of packets written, 0 at the end of
  *     file. A corrupt or truncated record ends the batch: the packets before
  *     it are returned first, the next call returns -EBADMSG (and keeps
- *     returning it); truncated_records counts it. pf_errmsg() says why.
+ *     returning it); truncated_records counts it (the mmap reader: from
+ *     that call on). pf_errmsg() says why.
  *     -ESTALE likewise when the file shrank while being read (mmap reader;
  *     counted in truncated_records too).
  *   - Nothing prints, nothing exits.
@@ -123,7 +129,9 @@ uint64_t pf_windows(const struct pf_reader *r);
 
 /* Fill pkts[0..cap) (a struct ft_pkt array, cap > 0, else -EINVAL).
  * See "Errors" above. A batch may hold fewer than cap packets before the
- * end of file (libpcap arena full; mmap reader after 16 windows). */
+ * end of file (libpcap arena full; mmap reader: 17 windows mapped, or the
+ * rest of a batch its reader thread walked: the first call's cap, 1024 to
+ * 65536 packets). Blocks until the reader thread has a batch ready. */
 long pf_next_batch(struct pf_reader *r, void *pkts, size_t cap);
 
 void pf_stats(const struct pf_reader *r, struct pf_stats *out);
@@ -133,3 +141,6 @@ const char *pf_errmsg(const struct pf_reader *r);
 /* Tests only: the mmap reader no longer checks the file's size, as if
  * every cut came right after a check (the SIGBUS path, deterministic). */
 void pf_test_skip_fstat(struct pf_reader *r);
+/* Tests only: 1 while the mmap reader's reader thread runs (see
+ * pcapfile_mmap.c: files larger than one window of 4 MiB or more). */
+int pf_test_reader_thread(const struct pf_reader *r);

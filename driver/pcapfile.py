@@ -10,8 +10,10 @@ Python only moves addresses and counts, never single packets::
 
 Packet data pointers stay valid until the next ``read_into`` or ``close``
 (both readers; the mmap reader maps the file in windows and unmaps the ones
-a batch pointed into on the next read): ingest a batch before reading the
-next one.
+a batch pointed into once the next read has started; for a large file a
+reader thread walks a few batches ahead and ``read_into`` copies the next
+one out): ingest a batch before reading the next one. ``stats()`` counts
+what was handed out, not what the reader thread walked ahead.
 """
 
 from __future__ import annotations

@@ -1,9 +1,25 @@
 /*
  * pcapfile_mmap.c - the mmap reader of classic pcap files (see pcapfile.h,
  * "Two readers behind one API"): the file is mapped read-only in windows,
- * the next one mapped ahead and populated by a helper thread, records are
- * walked in place (ft_pkt.data points into the mapping) and every record
- * header is validated against the rest of the file before use.
+ * records are walked in place (ft_pkt.data points into the mapping) and
+ * every record header is validated against the rest of the file before use.
+ *
+ * Producer and consumer. The walk streams the whole file through the cache
+ * (on a 5.6 GB capture its header loads and the munmap of old windows were
+ * ~30% of the caller's thread, which also runs the flow table). A file
+ * larger than one window of at least PF_THREAD_MIN is therefore walked by
+ * a reader thread, started at the first pf_next_batch() (the caller's cap
+ * sizes its slots; the test hook pf_test_skip_fstat() comes before it),
+ * into a ring of PF_SLOTS batch slots: the thread maps, walks, validates
+ * and unmaps; the caller copies a ready slot (32 bytes a packet) and blocks
+ * on a condition variable when none is ready (never spins: 2 vCPUs are
+ * shared). The ring bounds how far ahead the thread goes; windows are
+ * unmapped once no handed-out or ready batch points into them (each
+ * window's last_seq against rel_seq, the oldest batch the caller may still
+ * read), at most PF_WINS mapped at once. Errors and their counters travel
+ * behind the slots (p_err, p_truncated, p_errmsg): the caller adopts them
+ * once every packet before them was handed out. Small files walk in the
+ * caller's thread, straight into its array (the same producer code).
  *
  * A file that shrinks while it is read (truncate(1), a rotating writer)
  * must not kill the process: reading a mapped page past the new end of
@@ -15,10 +31,15 @@
  *   - for a cut between that fstat() and the reads, a SIGBUS handler: a
  *     fault (BUS_ADRERR) inside one of OUR mappings (a registry of them,
  *     filled on mmap, emptied before munmap) gets a zero page mapped over
- *     the faulting page, the reader's bus_fault flag set, and the read
- *     goes on; the walk stops at the record it was reading, and the next
+ *     the faulting page, the reader's bus_fault flag set (and bus_user when
+ *     the fault was not in the reader thread), and the read goes on; the
+ *     walk stops at the record it was reading, and the next
  *     pf_next_batch() returns -ESTALE. Any other SIGBUS goes to the handler
  *     that was there before (default: the process dies as it would have).
+ * With a reader thread, ready slots were walked before the cut: the
+ * caller also fstat()s before each batch, and when the file shrank (or it
+ * read a cut page itself) it stops the thread, drops what was not handed
+ * out and walks on from there in its own thread, exactly as a small file.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,6 +53,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "pcapfile_internal.h"
@@ -40,16 +62,14 @@
 #define PF_REC_HDR 16
 #define PF_WINDOW_DEFAULT ((size_t)64 << 20)
 #define PF_WINDOW_ENV "FLOWPROBE_PCAP_WINDOW"
-/* The next window is mapped ahead and its page tables filled by a helper
- * thread (mm_fill) while this one is walked; it starts this far
- * before the current window's end so that a record straddling that end
- * (at most 16 + 262144 bytes) lies inside it. Windows under PF_AHEAD_MIN
- * are mapped synchronously only. */
-#define PF_OVERLAP ((size_t)PF_REC_HDR + PF_MAX_CAPLEN)
-#define PF_AHEAD_MIN ((size_t)4 << 20)
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
+/* A file larger than one window of at least this size gets a reader thread
+ * (tests use smaller windows to run the caller-thread walk on many
+ * windows). */
+#define PF_THREAD_MIN ((size_t)4 << 20)
+/* A slot holds the first call's cap, within these bounds: a small cap gets
+ * its packets from a slot in parts, not a wake-up of the thread each. */
+#define PF_SLOT_MIN ((size_t)1 << 10)
+#define PF_SLOT_MAX ((size_t)1 << 16)
 #ifndef PF_AHEAD
 #define PF_AHEAD 4096              /* bytes prefetched ahead of the walk */
 #endif
@@ -70,7 +90,7 @@ static uint16_t rd16(const uint8_t *p, int swap)
 
 /* ---- SIGBUS: the registry of our mappings and the handler ------------- */
 
-#define PF_MAPS_MAX 256            /* 18 per open reader (window, held, ahead) */
+#define PF_MAPS_MAX 256            /* PF_WINS (17) per open reader */
 
 static struct pf_map_slot {
     struct pf_reader *_Atomic owner;   /* NULL: free */
@@ -101,6 +121,11 @@ static void mm_on_sigbus(int sig, siginfo_t *si, void *ctx)
                      -1, 0) == MAP_FAILED)
                 break;
             atomic_store_explicit(&r->bus_fault, 1, memory_order_relaxed);
+            /* gettid() is async-signal-safe; the caller's read of a cut
+             * packet means the file ends inside what it was handed */
+            if (gettid() != atomic_load_explicit(&r->walk_tid,
+                                                 memory_order_relaxed))
+                atomic_store_explicit(&r->bus_user, 1, memory_order_relaxed);
             return;
         }
     }
@@ -192,17 +217,24 @@ static void mm_shrunk(struct pf_reader *r)
 {
     struct stat sb;
 
-    if (r->err == -ESTALE)
+    if (r->p_err == -ESTALE)
         return;
     if (fstat(r->fd, &sb) == 0 && (size_t)sb.st_size < r->file_len)
         r->file_len = (size_t)sb.st_size;
     r->shrunk = 1;
-    if (r->err != -EBADMSG)        /* a cut record is counted already */
-        r->st.truncated_records++;
-    snprintf(r->errmsg, PF_ERRBUF_SIZE, "the file shrank from %zu to %zu "
+    if (r->p_err != -EBADMSG)      /* a cut record is counted already */
+        r->p_truncated++;
+    snprintf(r->p_errmsg, PF_ERRBUF_SIZE, "the file shrank from %zu to %zu "
              "bytes while being read: reading stops at offset %zu",
              r->open_len, r->file_len, r->off);
-    r->err = -ESTALE;
+    r->p_err = -ESTALE;
+}
+
+/* A corrupt or cut record: reading stops here (the walk's fail()). */
+static void mm_fail(struct pf_reader *r, int err)
+{
+    r->p_err = err;
+    r->p_truncated++;
 }
 
 /* libpcap's max_snaplen_for_dlt() is larger than 262144 for these. */
@@ -259,183 +291,94 @@ static int mm_header(struct pf_reader *r)
     return 1;
 }
 
-/* Fill the page tables of a window ahead of the walk (helper thread), best
- * effort. MADV_POPULATE_READ, not reads: populate reports a page past a new
- * end of file as an error, where a read (one per 64 KiB fault-around block
- * measured ~8% less CPU in the reader alone) raised SIGBUS in this thread,
- * ahead of the walk, and the reader then stopped before records that were
- * still whole (test_pcapfile_shrink, under load). */
-static void mm_fill(void *p, size_t len)
+/* Unmap the windows no batch the caller may still read points into: those
+ * left (last_seq) before rel_seq. Never the current one. Producer only. */
+static void mm_release(struct pf_reader *r)
 {
-    (void)madvise(p, len, MADV_POPULATE_READ);
-}
+    uint64_t rel = atomic_load_explicit(&r->rel_seq, memory_order_acquire);
+    int i = 0, k;
 
-static void *mm_ahead_main(void *arg)
-{
-    struct pf_reader *r = arg;
-
-    pthread_mutex_lock(&r->mu);
-    for (;;) {
-        void *p;
-        size_t len;
-
-        while (!r->stop && r->job_p == NULL)
-            pthread_cond_wait(&r->cv, &r->mu);
-        if (r->stop)
-            break;
-        p = r->busy_p = r->job_p;
-        len = r->job_len;
-        r->job_p = NULL;
-        pthread_mutex_unlock(&r->mu);
-        mm_fill(p, len);
-        pthread_mutex_lock(&r->mu);
-        r->busy_p = NULL;
-        pthread_cond_broadcast(&r->cv);
+    while (i < r->nwin - 1 && r->wins[i].last_seq < rel) {
+        mm_untrack(r, r->wins[i].p);
+        munmap(r->wins[i].p, r->wins[i].len);
+        i++;
     }
-    pthread_mutex_unlock(&r->mu);
-    return NULL;
+    if (i == 0)
+        return;
+    for (k = 0; k + i < r->nwin; k++)
+        r->wins[k] = r->wins[k + i];
+    r->nwin -= i;
 }
 
-/* munmap, once the helper is done with (or will never touch) p. */
-static void mm_unmap(struct pf_reader *r, void *p, size_t len)
+static void mm_unmap_all(struct pf_reader *r)
 {
-    if (r->ahead) {
-        pthread_mutex_lock(&r->mu);
-        if (r->job_p == p)
-            r->job_p = NULL;
-        while (r->busy_p == p)
-            pthread_cond_wait(&r->cv, &r->mu);
-        pthread_mutex_unlock(&r->mu);
+    while (r->nwin > 0) {
+        r->nwin--;
+        mm_untrack(r, r->wins[r->nwin].p);
+        munmap(r->wins[r->nwin].p, r->wins[r->nwin].len);
     }
-    mm_untrack(r, p);
-    munmap(p, len);
-}
-
-/* Map the window that follows the current one (without populating it)
- * and hand it to the helper. Best effort: on failure there is none. */
-static void mm_map_ahead(struct pf_reader *r)
-{
-    size_t cur_end = r->map_off + r->map_len, start, len;
-    void *m;
-
-    if (!r->ahead || r->next_p != NULL || cur_end >= r->file_len)
-        return;
-    start = (cur_end - PF_OVERLAP) & ~(r->page - 1);
-    len = r->win;
-    if (len > r->file_len - start)
-        len = r->file_len - start;
-    m = mm_mmap(r, len, start, 0);
-    if (m == MAP_FAILED)
-        return;
-    (void)madvise(m, len, MADV_SEQUENTIAL);
-    r->next_p = m;
-    r->next_off = start;
-    r->next_len = len;
-    pthread_mutex_lock(&r->mu);
-    r->job_p = m;
-    r->job_len = len;
-    pthread_cond_signal(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-}
-
-static void mm_ahead_start(struct pf_reader *r)
-{
-    if (r->win < PF_AHEAD_MIN || r->map_len >= r->file_len)
-        return;
-    if (pthread_mutex_init(&r->mu, NULL) != 0)
-        return;
-    if (pthread_cond_init(&r->cv, NULL) != 0) {
-        pthread_mutex_destroy(&r->mu);
-        return;
-    }
-    if (pthread_create(&r->th, NULL, mm_ahead_main, r) != 0) {
-        pthread_cond_destroy(&r->cv);
-        pthread_mutex_destroy(&r->mu);
-        return;
-    }
-    r->ahead = 1;
-    mm_map_ahead(r);
-}
-
-static void mm_ahead_stop(struct pf_reader *r)
-{
-    if (!r->ahead)
-        return;
-    pthread_mutex_lock(&r->mu);
-    r->stop = 1;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-    pthread_join(r->th, NULL);
-    pthread_cond_destroy(&r->cv);
-    pthread_mutex_destroy(&r->mu);
-    r->ahead = 0;                  /* mm_unmap() needs no lock from here */
-}
-
-void pf_mm_release_held(struct pf_reader *r)
-{
-    while (r->nheld > 0) {
-        r->nheld--;
-        mm_unmap(r, r->held[r->nheld].p, r->held[r->nheld].len);
-    }
+    r->map = NULL;
+    r->map_off = r->map_len = 0;
 }
 
 /* Map [page_floor(off), ...) covering at least `need` bytes from off (a
  * whole record, or its header when its length is still unknown) and at
- * least one window, clipped to the file. The previous window stays mapped
- * until the next pf_next_batch(): this batch may point into it.
- * 1: mapped; 0: no slot to hold the old window, end the batch here (the
- * next call goes on); -1: error set. */
+ * least one window, clipped to the file. The previous window stays mapped until no batch the
+ * caller may read points into it (mm_release).
+ * 1: mapped; 0: PF_WINS windows mapped and all still pointed into, end the
+ * batch here (the next one goes on); -1: error set. */
 static int mm_slide(struct pf_reader *r, size_t off, size_t need)
 {
     size_t start = off & ~(r->page - 1);
     size_t len = (off - start + need + r->page - 1) & ~(r->page - 1);
     void *m;
 
-    if (r->nheld == PF_HELD)
-        return 0;
+    if (r->nwin == PF_WINS) {
+        mm_release(r);
+        if (r->nwin == PF_WINS) {
+            r->win_full = 1;
+            return 0;
+        }
+    }
     mm_check_size(r);              /* never map past a new end of file */
     if (off + need > r->file_len) {
         mm_shrunk(r);
         return -1;
     }
-    if (r->next_p != NULL && r->next_off <= off &&
-        off + need <= r->next_off + r->next_len) {
-        m = r->next_p;             /* mapped ahead, populated (or on it) */
-        start = r->next_off;
-        len = r->next_len;
-        r->next_p = NULL;
-        goto mapped;
-    }
-    if (r->next_p != NULL) {       /* not where the walk went: drop it */
-        mm_unmap(r, r->next_p, r->next_len);
-        r->next_p = NULL;
-    }
     if (len < r->win)
         len = r->win;
     if (len > r->file_len - start)
         len = r->file_len - start;
-    m = mm_mmap(r, len, start, MAP_POPULATE);
+    /* The reader thread leaves the page tables to its own faults (the
+     * kernel maps 64 KiB around each): on the 5.6 GB capture MAP_POPULATE
+     * there cost 0.4 s more system time and was the pipeline's bottleneck
+     * (the caller waited 0.6 s in read_into vs 0.2 s). A populate helper
+     * would only move that work to a third thread on two shared vCPUs.
+     * The caller's own walk (small files and windows) keeps MAP_POPULATE. */
+    m = mm_mmap(r, len, start, r->threaded ? 0 : MAP_POPULATE);
     if (m == MAP_FAILED) {
         int e = errno;
-        snprintf(r->errmsg, PF_ERRBUF_SIZE, "mmap of %zu bytes at offset "
+        snprintf(r->p_errmsg, PF_ERRBUF_SIZE, "mmap of %zu bytes at offset "
                  "%zu: %s", len, start, strerror(e));
-        r->err = -e;
+        r->p_err = -e;
         return -1;
     }
     (void)madvise(m, len, MADV_SEQUENTIAL);
-mapped:
     if (start + len < r->file_len)   /* read the next window ahead (cold file) */
         (void)posix_fadvise(r->fd, (off_t)(start + len), (off_t)r->win,
                             POSIX_FADV_WILLNEED);
-    r->held[r->nheld].p = (void *)r->map;
-    r->held[r->nheld].len = r->map_len;
-    r->nheld++;
+    if (r->nwin > 0)               /* the batch being walked may point into it */
+        r->wins[r->nwin - 1].last_seq = r->prod_seq;
+    r->wins[r->nwin].p = m;
+    r->wins[r->nwin].off = start;
+    r->wins[r->nwin].len = len;
+    r->wins[r->nwin].last_seq = UINT64_MAX;
+    r->nwin++;
     r->map = m;
     r->map_off = start;
     r->map_len = len;
     r->pf_off = off;
-    r->windows++;
-    mm_map_ahead(r);
+    r->nwindows++;
     return 1;
 }
 
@@ -452,7 +395,6 @@ mm_walk(struct pf_reader *r, struct ft_pkt *out, size_t cap, const int swap)
     const uint8_t *map = r->map;
     size_t moff = r->map_off, mend = r->map_off + r->map_len;
     size_t off = r->off, pf = r->pf_off, n = 0;
-    uint64_t capb = 0, wireb = 0;
 
     while (n < cap) {
         const uint8_t *h;
@@ -462,9 +404,9 @@ mm_walk(struct pf_reader *r, struct ft_pkt *out, size_t cap, const int swap)
         if (left == 0)
             break;
         if (left < PF_REC_HDR) {
-            snprintf(r->errmsg, PF_ERRBUF_SIZE, "truncated record header "
+            snprintf(r->p_errmsg, PF_ERRBUF_SIZE, "truncated record header "
                      "at offset %zu: only %zu bytes left", off, left);
-            fail(r, -EBADMSG);
+            mm_fail(r, -EBADMSG);
             break;
         }
         if (__builtin_expect(off + PF_REC_HDR > mend, 0)) {
@@ -486,17 +428,17 @@ mm_walk(struct pf_reader *r, struct ft_pkt *out, size_t cap, const int swap)
             t = caplen; caplen = len; len = t;
         }
         if (caplen > PF_MAX_CAPLEN) {
-            snprintf(r->errmsg, PF_ERRBUF_SIZE, "corrupt record at offset "
+            snprintf(r->p_errmsg, PF_ERRBUF_SIZE, "corrupt record at offset "
                      "%zu: caplen %u above the maximum of %u", off, caplen,
                      (unsigned)PF_MAX_CAPLEN);
-            fail(r, -EBADMSG);
+            mm_fail(r, -EBADMSG);
             break;
         }
         if (caplen > left - PF_REC_HDR) {
-            snprintf(r->errmsg, PF_ERRBUF_SIZE, "truncated record at offset "
+            snprintf(r->p_errmsg, PF_ERRBUF_SIZE, "truncated record at offset "
                      "%zu: caplen %u, only %zu bytes left", off, caplen,
                      left - PF_REC_HDR);
-            fail(r, -EBADMSG);
+            mm_fail(r, -EBADMSG);
             break;
         }
         if (__builtin_expect(off + PF_REC_HDR + caplen > mend, 0)) {
@@ -510,27 +452,25 @@ mm_walk(struct pf_reader *r, struct ft_pkt *out, size_t cap, const int swap)
         for (; pf < lim; pf += 64)
             __builtin_prefetch(map + (pf - moff));
         out[n].data = h + PF_REC_HDR;
+        /* pad marks a clipped record until pf_mm_batch() counts it: the
+         * caller's counters follow what is handed out, not what is walked */
         if (__builtin_expect(caplen > snap, 0)) {
             out[n].caplen = snap;
-            r->st.clipped_records++;
+            out[n].pad = 1;
         } else {
             out[n].caplen = caplen;
+            out[n].pad = 0;
         }
         out[n].wirelen = len;
         out[n].ts_ns = (uint64_t)sec * 1000000000u + (uint64_t)frac * mult;
         out[n].ifindex = 0;
         out[n].vlan_tci = 0;
         out[n].vlan_valid = 0;
-        out[n].pad = 0;
-        capb += out[n].caplen;
-        wireb += len;
         off += PF_REC_HDR + (size_t)caplen;
         n++;
     }
     r->off = off;
     r->pf_off = pf;
-    r->st.cap_bytes += capb;
-    r->st.wire_bytes += wireb;
     return n;
 }
 
@@ -601,35 +541,309 @@ int pf_mm_open(struct pf_reader *r, const char *path, char *errbuf)
     if (r->map_len < r->file_len)
         (void)posix_fadvise(fd, (off_t)r->map_len, (off_t)r->win,
                             POSIX_FADV_WILLNEED);
+    r->wins[0].p = m;
+    r->wins[0].off = 0;
+    r->wins[0].len = r->map_len;
+    r->wins[0].last_seq = UINT64_MAX;
+    r->nwin = 1;
     r->pf_off = r->off;
-    r->windows = 1;
+    r->nwindows = r->windows = 1;
     r->is_mmap = 1;
-    mm_ahead_start(r);
+    r->may_thread = r->win >= PF_THREAD_MIN && r->map_len < r->file_len;
     return 1;
 }
 
-size_t pf_mm_batch(struct pf_reader *r, struct ft_pkt *out, size_t cap)
+/* ---- the producer: one batch --------------------------------------------- */
+
+/* Walk up to cap records into out (a slot, or the caller's array) and set
+ * p_err when reading stops. */
+static size_t mm_produce(struct pf_reader *r, struct ft_pkt *out, size_t cap)
 {
     size_t n;
 
     /* A SIGBUS since the last batch (in the flow engine, reading it) means
-     * the file ends before r->off: nothing readable is left. */
+     * the file ends before r->off: nothing readable is left. (Behind a
+     * reader thread the caller then redoes this from what it was handed:
+     * mm_go_sync.) */
     mm_check_size(r);
     if (atomic_load_explicit(&r->bus_fault, memory_order_relaxed) ||
         (r->shrunk && r->off > r->file_len)) {
         mm_shrunk(r);
         return 0;
     }
+    r->win_full = 0;
     /* two copies of the walk, the byte order a constant in each */
     n = r->byteswap ? mm_walk(r, out, cap, 1) : mm_walk(r, out, cap, 0);
     if (__builtin_expect(r->shrunk || atomic_load_explicit(
             &r->bus_fault, memory_order_relaxed), 0)) {
-        if (r->err == 0 || r->err == -EBADMSG) {
+        if (r->p_err == 0 || r->p_err == -EBADMSG) {
             if (atomic_load_explicit(&r->bus_fault, memory_order_relaxed) ||
-                r->err == -EBADMSG || r->off >= r->file_len)
+                r->p_err == -EBADMSG || r->off >= r->file_len)
                 mm_shrunk(r);
         }
     }
+    return n;
+}
+
+/* The walk's error, now that everything before it was handed out. */
+static void mm_adopt_err(struct pf_reader *r)
+{
+    if (r->p_err == 0 || r->err != 0)
+        return;
+    r->err = r->p_err;
+    r->st.truncated_records += r->p_truncated;
+    memcpy(r->errmsg, r->p_errmsg, PF_ERRBUF_SIZE);
+}
+
+/* The caller's thread walks: into its own array, no copy. */
+static size_t mm_sync_batch(struct pf_reader *r, struct ft_pkt *out, size_t cap)
+{
+    size_t n;
+
+    /* the previous batch is dead: every window but the current one goes */
+    atomic_store_explicit(&r->rel_seq, r->prod_seq, memory_order_release);
+    mm_release(r);
+    /* an error is adopted (and counted) when it is returned, as behind the
+     * reader thread's slots: never in the call that returns packets */
+    if (r->p_err != 0) {
+        mm_adopt_err(r);
+        return 0;
+    }
+    n = mm_produce(r, out, cap);
+    r->prod_seq++;
+    r->windows = r->nwindows;
+    if (n == 0)
+        mm_adopt_err(r);
+    return n;
+}
+
+/* ---- the reader thread ------------------------------------------------- */
+
+static void *mm_reader_main(void *arg)
+{
+    struct pf_reader *r = arg;
+
+    atomic_store(&r->walk_tid, (int)gettid());
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        struct pf_slot *sl;
+        uint64_t seen;
+        size_t n;
+
+        while (!r->stop && r->prod_seq - r->cons_seq >= PF_SLOTS)
+            pthread_cond_wait(&r->cv_prod, &r->mu);
+        if (r->stop)
+            break;
+        sl = &r->slots[r->prod_seq % PF_SLOTS];
+        seen = atomic_load(&r->rel_seq);
+        pthread_mutex_unlock(&r->mu);
+
+        /* no lock: the caller touches neither this slot (not ready) nor
+         * the producer's fields while we run */
+        mm_release(r);
+        n = mm_produce(r, sl->pkts, r->slot_cap);
+
+        pthread_mutex_lock(&r->mu);
+        if (n > 0) {
+            sl->n = n;
+            sl->pos = 0;
+            sl->end_off = r->off;
+            sl->windows = r->nwindows;
+            r->prod_seq++;
+            pthread_cond_signal(&r->cv_cons);
+        }
+        if (r->p_err != 0 || (n < r->slot_cap && !r->win_full)) {
+            r->done = 1;           /* end of file or an error: the caller
+                                      adopts it after the last slot */
+            pthread_cond_signal(&r->cv_cons);
+            break;
+        }
+        /* PF_WINS windows, every one pointed into: wait for the caller
+         * to move on (it always can: the ring holds what points into them) */
+        while (n == 0 && r->win_full && !r->stop && atomic_load(&r->rel_seq) == seen)
+            pthread_cond_wait(&r->cv_prod, &r->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+static void mm_slots_free(struct pf_reader *r)
+{
+    size_t i;
+
+    for (i = 0; i < PF_SLOTS; i++) {
+        free(r->slots[i].pkts);
+        r->slots[i].pkts = NULL;
+    }
+}
+
+static void mm_thread_start(struct pf_reader *r, size_t cap)
+{
+    sigset_t all, old;
+    size_t i;
+    int rc;
+
+    r->may_thread = 0;
+    r->slot_cap = cap < PF_SLOT_MIN ? PF_SLOT_MIN :
+                  cap > PF_SLOT_MAX ? PF_SLOT_MAX : cap;
+    for (i = 0; i < PF_SLOTS; i++) {
+        r->slots[i].pkts = malloc(r->slot_cap * sizeof(struct ft_pkt));
+        if (r->slots[i].pkts == NULL)
+            goto fail_slots;
+    }
+    if (pthread_mutex_init(&r->mu, NULL) != 0)
+        goto fail_slots;
+    if (pthread_cond_init(&r->cv_prod, NULL) != 0)
+        goto fail_mu;
+    if (pthread_cond_init(&r->cv_cons, NULL) != 0)
+        goto fail_cv;
+    r->cons_seq = r->prod_seq;
+    r->cons_off = r->off;
+    atomic_store(&r->rel_seq, r->prod_seq);
+    /* Asynchronous signals stay with the caller's threads (Python's handlers
+     * run there); the faults (SIGBUS above all) are the reader's own. */
+    sigfillset(&all);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    r->threaded = 1;               /* before the thread reads it (mm_slide) */
+    rc = pthread_create(&r->th, NULL, mm_reader_main, r);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc == 0)
+        return;
+    r->threaded = 0;
+    pthread_cond_destroy(&r->cv_cons);
+fail_cv:
+    pthread_cond_destroy(&r->cv_prod);
+fail_mu:
+    pthread_mutex_destroy(&r->mu);
+fail_slots:
+    mm_slots_free(r);
+}
+
+/* Stop (pf_close, a shrink) or reap (done) the reader thread; the producer
+ * fields are the caller's alone afterwards. The slots stay. */
+static void mm_thread_stop(struct pf_reader *r)
+{
+    if (!r->threaded)
+        return;
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    pthread_cond_signal(&r->cv_prod);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->th, NULL);
+    atomic_store(&r->walk_tid, 0);
+    pthread_cond_destroy(&r->cv_cons);
+    pthread_cond_destroy(&r->cv_prod);
+    pthread_mutex_destroy(&r->mu);
+    r->threaded = 0;
+}
+
+/* The file shrank, or the caller read a cut page: the ready slots were
+ * walked before that was known. Stop the thread, drop all that was not
+ * handed out and go on in the caller's thread from the first record not
+ * handed out, as a small file would (same records, same error, same text). */
+static void mm_go_sync(struct pf_reader *r)
+{
+    size_t resume = r->cons_off;
+    int i;
+
+    mm_thread_stop(r);             /* joined: no lock needed below */
+    if (r->prod_seq != r->cons_seq) {
+        struct pf_slot *sl = &r->slots[r->cons_seq % PF_SLOTS];
+        if (sl->pos > 0) {         /* handed out in part: resume inside it */
+            const uint8_t *d = sl->pkts[sl->pos].data;
+            for (i = 0; i < r->nwin; i++) {
+                const uint8_t *p = r->wins[i].p;
+                if (d >= p && d < p + r->wins[i].len) {
+                    resume = r->wins[i].off + (size_t)(d - p) - PF_REC_HDR;
+                    break;
+                }
+            }
+        }
+    }
+    mm_slots_free(r);
+    r->prod_seq = r->cons_seq;
+    mm_unmap_all(r);               /* the caller's last batch is dead too */
+    r->off = r->pf_off = resume;
+    r->p_err = 0;
+    r->p_truncated = 0;
+    r->p_errmsg[0] = '\0';
+    /* a fault in the walk was past what was handed out: forget it (the
+     * pages are mapped anew); one in the caller's reads ends the file */
+    if (!atomic_load(&r->bus_user))
+        atomic_store(&r->bus_fault, 0);
+    r->done = 0;
+}
+
+/* ---- the consumer: pf_next_batch() --------------------------------------- */
+
+/* Hand out (part of) the next ready slot; 0 when the reader is done and
+ * everything before its end or error was handed out. */
+static size_t mm_take(struct pf_reader *r, struct ft_pkt *out, size_t cap)
+{
+    struct pf_slot *sl;
+    size_t k;
+
+    pthread_mutex_lock(&r->mu);
+    /* the previous batch is dead: the reader may unmap what only it and
+     * earlier ones pointed into (a slot handed out in part still counts) */
+    atomic_store_explicit(&r->rel_seq, r->cons_seq, memory_order_release);
+    pthread_cond_signal(&r->cv_prod);
+    while (r->prod_seq == r->cons_seq && !r->done)
+        pthread_cond_wait(&r->cv_cons, &r->mu);
+    if (r->prod_seq == r->cons_seq) {
+        pthread_mutex_unlock(&r->mu);
+        mm_thread_stop(r);         /* it has exited: reap it */
+        mm_slots_free(r);
+        mm_release(r);             /* only the current window stays */
+        r->windows = r->nwindows;
+        mm_adopt_err(r);
+        return 0;
+    }
+    sl = &r->slots[r->cons_seq % PF_SLOTS];
+    k = sl->n - sl->pos;
+    if (k > cap)
+        k = cap;
+    memcpy(out, sl->pkts + sl->pos, k * sizeof(*out));
+    sl->pos += k;
+    r->windows = sl->windows;
+    if (sl->pos == sl->n) {
+        r->cons_off = sl->end_off;
+        r->cons_seq++;
+        pthread_cond_signal(&r->cv_prod);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return k;
+}
+
+size_t pf_mm_batch(struct pf_reader *r, struct ft_pkt *out, size_t cap)
+{
+    uint64_t capb = 0, wireb = 0, clipped = 0;
+    size_t n, i;
+
+    if (r->may_thread)
+        mm_thread_start(r, cap);
+    if (r->threaded) {
+        struct stat sb;
+
+        if (atomic_load_explicit(&r->bus_user, memory_order_relaxed) ||
+            (!r->test_no_fstat && fstat(r->fd, &sb) == 0 &&
+             (size_t)sb.st_size < r->open_len))
+            mm_go_sync(r);
+    }
+    n = r->threaded ? mm_take(r, out, cap) : mm_sync_batch(r, out, cap);
+    for (i = 0; i < n; i++) {
+        capb += out[i].caplen;
+        wireb += out[i].wirelen;
+        clipped += out[i].pad;
+        out[i].pad = 0;
+    }
+    r->st.cap_bytes += capb;
+    r->st.wire_bytes += wireb;
+    r->st.clipped_records += clipped;
     return n;
 }
 
@@ -638,14 +852,16 @@ void pf_test_skip_fstat(struct pf_reader *r)
     r->test_no_fstat = 1;
 }
 
+int pf_test_reader_thread(const struct pf_reader *r)
+{
+    return r->threaded;
+}
+
 void pf_mm_close(struct pf_reader *r)
 {
-    mm_ahead_stop(r);
-    pf_mm_release_held(r);
-    if (r->next_p != NULL)
-        mm_unmap(r, r->next_p, r->next_len);
-    if (r->map != NULL)
-        mm_unmap(r, (void *)r->map, r->map_len);
+    mm_thread_stop(r);
+    mm_slots_free(r);
+    mm_unmap_all(r);
     if (r->fd >= 0)
         close(r->fd);
 }
