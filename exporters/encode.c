@@ -108,57 +108,168 @@ static inline int put_uint(uint8_t *p, uint64_t v, unsigned len)
     return clamped;
 }
 
+/* Writes one field of r at p; returns the end. *clamped set on saturation. */
+static uint8_t *put_field(uint8_t *p, const struct ft_record *r,
+                          const struct enc_field *f, uint64_t boot_ms, int *clamped)
+{
+    unsigned len = f->length;
+    if (len == ENC_VARLEN) {            /* only ENC_F_APP_NAME (field_ok) */
+        len = (unsigned)app_name_len(r);
+        *p++ = (uint8_t)len;
+        memcpy(p, r->app_name, len);
+        return p + len;
+    }
+    switch (f->field) {
+    case ENC_F_ZERO:
+        memset(p, 0, len);
+        break;
+    case ENC_F_SRC_ADDR4:
+    case ENC_F_SRC_ADDR6:
+        memcpy(p, r->src_addr, len);
+        break;
+    case ENC_F_DST_ADDR4:
+    case ENC_F_DST_ADDR6:
+        memcpy(p, r->dst_addr, len);
+        break;
+    case ENC_F_SRC_MAC:
+        if (r->has_mac)
+            memcpy(p, r->src_mac, 6);
+        else
+            memset(p, 0, 6);
+        break;
+    case ENC_F_DST_MAC:
+        if (r->has_mac)
+            memcpy(p, r->dst_mac, 6);
+        else
+            memset(p, 0, 6);
+        break;
+    case ENC_F_APP_NAME: {
+        /* the label up to its NUL (or the field's end), then NULs */
+        size_t n = strnlen(r->app_name, len);
+        memcpy(p, r->app_name, n);
+        memset(p + n, 0, len - n);
+        break;
+    }
+    default:
+        *clamped |= put_uint(p, field_value(r, f->field, boot_ms), len);
+        break;
+    }
+    return p + len;
+}
+
+/*
+ * A field as the record loop runs it. Most fields are an integer member of
+ * struct ft_record taken as it is (OP_NUM: one 8-byte load, a mask, a
+ * saturation test, a byte swap, one store); the others go through
+ * put_field(). The ops are made once per enc_encode() call: put_field()'s
+ * switch is an indirect jump per field, mispredicted often enough to be
+ * most of the encoder's time.
+ */
+enum { OP_FIELD = 0, OP_NUM = 1 };
+#define ENC_OPS_MAX 64                 /* longer field lists: put_field() each */
+
+struct enc_op {
+    uint8_t kind;
+    uint8_t len;                       /* bytes on the wire */
+    uint8_t wide;                      /* OP_NUM: an 8-byte store is safe (what
+                                        * follows in the record overwrites it) */
+    uint8_t shift;                     /* OP_NUM: 64 - 8 * len */
+    uint16_t off;                      /* OP_NUM: offset in struct ft_record */
+    uint64_t mask;                     /* OP_NUM: the member's width */
+    uint64_t max;                      /* OP_NUM: the largest value len holds */
+    const struct enc_field *f;         /* OP_FIELD */
+};
+
+/* The members OP_NUM reads with an 8-byte load: all before app_name, so
+ * every such load stays inside the record. */
+_Static_assert(offsetof(struct ft_record, app_id) + 8 <= sizeof(struct ft_record),
+               "an 8-byte load at the last integer member stays in the record");
+
+#define NUM_MEMBER(id, m) \
+    case id: *off = offsetof(struct ft_record, m); \
+             *size = sizeof(((struct ft_record *)0)->m); return 1
+
+static int num_member(unsigned field, uint16_t *off, unsigned *size)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    switch (field) {
+    NUM_MEMBER(ENC_F_SRC_PORT, src_port);
+    NUM_MEMBER(ENC_F_DST_PORT, dst_port);
+    NUM_MEMBER(ENC_F_PROTOCOL, protocol);
+    NUM_MEMBER(ENC_F_TOS, tos);
+    NUM_MEMBER(ENC_F_TCP_FLAGS, tcp_flags);
+    NUM_MEMBER(ENC_F_PACKETS, packets);
+    NUM_MEMBER(ENC_F_OCTETS, octets);
+    NUM_MEMBER(ENC_F_IFINDEX, ifindex);
+    NUM_MEMBER(ENC_F_VLAN, vlan);
+    NUM_MEMBER(ENC_F_INNER_VLAN, inner_vlan);
+    NUM_MEMBER(ENC_F_TTL_MIN, ttl_min);
+    NUM_MEMBER(ENC_F_TTL_MAX, ttl_max);
+    NUM_MEMBER(ENC_F_END_REASON, end_reason);
+    NUM_MEMBER(ENC_F_IP_VERSION, ip_version);
+    NUM_MEMBER(ENC_F_APP_MASTER, app_master);
+    NUM_MEMBER(ENC_F_APP_ID, app_id);
+    default:
+        break;
+    }
+#else
+    (void)field; (void)off; (void)size;    /* the load-and-mask needs little endian */
+#endif
+    return 0;
+}
+
+/* ops[0..nf) for a field list of at most ENC_OPS_MAX fields. */
+static void make_ops(struct enc_op *ops, const struct enc_field *f, uint32_t nf)
+{
+    size_t after = 0;                  /* least bytes the fields after i take */
+    for (uint32_t i = nf; i-- > 0;) {
+        struct enc_op *o = &ops[i];
+        unsigned size, len = f[i].length;
+        memset(o, 0, sizeof(*o));
+        o->f = &f[i];
+        if (len != ENC_VARLEN && len >= 1 && len <= 8 && num_member(f[i].field, &o->off, &size)) {
+            o->kind = OP_NUM;
+            o->len = (uint8_t)len;
+            o->shift = (uint8_t)(64 - 8 * len);
+            o->mask = size == 8 ? UINT64_MAX : (UINT64_C(1) << (8 * size)) - 1;
+            o->max = len == 8 ? UINT64_MAX : (UINT64_C(1) << (8 * len)) - 1;
+            o->wide = len + after >= 8;
+        }
+        after += len == ENC_VARLEN ? 1 : len;
+    }
+}
+
 /* Writes one record at *pp and advances it; returns 1 if any field saturated. */
-static int put_record(uint8_t **pp, const struct ft_record *r,
+static int put_record(uint8_t **pp, const struct ft_record *r, const struct enc_op *ops,
                       const struct enc_field *f, uint32_t nf, uint64_t boot_ms)
 {
     uint8_t *p = *pp;
     int clamped = 0;
+    if (ops == NULL) {
+        for (uint32_t i = 0; i < nf; i++)
+            p = put_field(p, r, &f[i], boot_ms, &clamped);
+        *pp = p;
+        return clamped;
+    }
     for (uint32_t i = 0; i < nf; i++) {
-        unsigned len = f[i].length;
-        if (len == ENC_VARLEN) {        /* only ENC_F_APP_NAME (field_ok) */
-            len = (unsigned)app_name_len(r);
-            *p++ = (uint8_t)len;
-            memcpy(p, r->app_name, len);
-            p += len;
-            continue;
-        }
-        switch (f[i].field) {
-        case ENC_F_ZERO:
-            memset(p, 0, len);
-            break;
-        case ENC_F_SRC_ADDR4:
-        case ENC_F_SRC_ADDR6:
-            memcpy(p, r->src_addr, len);
-            break;
-        case ENC_F_DST_ADDR4:
-        case ENC_F_DST_ADDR6:
-            memcpy(p, r->dst_addr, len);
-            break;
-        case ENC_F_SRC_MAC:
-            if (r->has_mac)
-                memcpy(p, r->src_mac, 6);
+        const struct enc_op *o = &ops[i];
+        if (o->kind == OP_NUM) {
+            uint64_t v;
+            memcpy(&v, (const uint8_t *)r + o->off, 8);
+            v &= o->mask;
+            if (v > o->max) {
+                v = o->max;
+                clamped = 1;
+            }
+            uint64_t be = __builtin_bswap64(v << o->shift);
+            if (o->wide)
+                memcpy(p, &be, 8);
             else
-                memset(p, 0, 6);
-            break;
-        case ENC_F_DST_MAC:
-            if (r->has_mac)
-                memcpy(p, r->dst_mac, 6);
-            else
-                memset(p, 0, 6);
-            break;
-        case ENC_F_APP_NAME: {
-            /* the label up to its NUL (or the field's end), then NULs */
-            size_t n = strnlen(r->app_name, len);
-            memcpy(p, r->app_name, n);
-            memset(p + n, 0, len - n);
-            break;
+                memcpy(p, &be, o->len);
+            p += o->len;
+        } else {
+            p = put_field(p, r, o->f, boot_ms, &clamped);
         }
-        default:
-            clamped |= put_uint(p, field_value(r, f[i].field, boot_ms), len);
-            break;
-        }
-        p += len;
     }
     *pp = p;
     return clamped;
@@ -244,15 +355,25 @@ int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
     uint8_t *p4 = buf + hdr;
     size_t off6 = set_bytes(n4, bytes4, hdr, align);
     uint8_t *p6 = buf + off6 + hdr;
+    struct enc_op ops4[ENC_OPS_MAX], ops6[ENC_OPS_MAX];
+    const struct enc_op *o4 = NULL, *o6 = NULL;
+    if (n4 && lay->nfields4 <= ENC_OPS_MAX) {
+        make_ops(ops4, lay->fields4, lay->nfields4);
+        o4 = ops4;
+    }
+    if (n6 && lay->nfields6 <= ENC_OPS_MAX) {
+        make_ops(ops6, lay->fields6, lay->nfields6);
+        o6 = ops6;
+    }
     for (i = 0; i < k; i++) {
         const struct ft_record *r = &recs[i];
         int v6 = r->ip_version == 6;
         if ((v6 ? lay->set_id6 : lay->set_id4) == 0)
             continue;
         if (v6)
-            res->clamped += put_record(&p6, r, lay->fields6, lay->nfields6, lay->boot_ms);
+            res->clamped += put_record(&p6, r, o6, lay->fields6, lay->nfields6, lay->boot_ms);
         else
-            res->clamped += put_record(&p4, r, lay->fields4, lay->nfields4, lay->boot_ms);
+            res->clamped += put_record(&p4, r, o4, lay->fields4, lay->nfields4, lay->boot_ms);
     }
     size_t total = off6 + set_bytes(n6, bytes6, hdr, align);
     if (hdr) {
