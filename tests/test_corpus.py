@@ -47,17 +47,22 @@ def sanitizer_build(tmp_path_factory):
     return out
 
 
-def test_captures_under_asan_ubsan(sanitizer_build, synthetic_captures):
-    """The pure-C replay of every capture (synthetic, and the corpus when
-    there is one) runs clean under ASan+UBSan."""
-    files = [*synthetic_captures, *CAPTURES]
-    proc = subprocess.run([str(sanitizer_build / "ft_replay_san"), *map(str, files)],
+def replay_clean_under_sanitizers(build, files, *options):
+    """tests/c/ft_replay.c built with ASan+UBSan replays every file with
+    `options`: exit 0 and one " ok" line per file."""
+    proc = subprocess.run([str(build / "ft_replay_san"), *options, *map(str, files)],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"})
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert len(lines) == len(files)
     assert all(line.endswith(" ok") for line in lines), [l for l in lines if not l.endswith(" ok")]
+
+
+def test_captures_under_asan_ubsan(sanitizer_build, synthetic_captures):
+    """The pure-C replay of every capture (synthetic, and the corpus when
+    there is one) runs clean under ASan+UBSan."""
+    replay_clean_under_sanitizers(sanitizer_build, [*synthetic_captures, *CAPTURES])
 
 
 def test_unfinished_flushes_under_asan_ubsan(sanitizer_build, synthetic_captures):
@@ -66,15 +71,8 @@ def test_unfinished_flushes_under_asan_ubsan(sanitizer_build, synthetic_captures
     finish it before it looks a flow up, since the flush unlinks no flow
     until all are emitted (expire.c). Clean under ASan+UBSan, packets
     conserved, every flow and nDPI state released."""
-    files = [*synthetic_captures, *CAPTURES]
-    proc = subprocess.run([str(sanitizer_build / "ft_replay_san"), "-f", "1", "-r", "128",
-                           "-m", "16384", *map(str, files)],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"})
-    lines = proc.stdout.splitlines()
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert len(lines) == len(files)
-    assert all(line.endswith(" ok") for line in lines), [l for l in lines if not l.endswith(" ok")]
+    replay_clean_under_sanitizers(sanitizer_build, [*synthetic_captures, *CAPTURES],
+                                  "-f", "1", "-r", "128", "-m", "16384")
 
 
 def test_parser_fuzz_short_run(sanitizer_build, synthetic_captures, tmp_path):

@@ -177,17 +177,17 @@ class UdpTransport(Transport):
                 break
             k = self._take_tokens(len(self._batch))
             msgs, recs = self._batch[:k], self._batch_records[:k]
+            sizes = [len(m) for m in msgs]
+            buf = b"".join(msgs)
             if self.sock is None:
                 sent, err = 0, errno.EBADF
             else:
-                lens = ffi.new("uint32_t[]", [len(m) for m in msgs])
-                buf = b"".join(msgs)
                 self.send_calls += 1
-                sent = lib.udp_send_batch(self.sock.fileno(), ffi.from_buffer(buf), lens,
-                                          k, self._err)
+                sent = lib.udp_send_batch(self.sock.fileno(), ffi.from_buffer(buf),
+                                          ffi.new("uint32_t[]", sizes), k, self._err)
                 err = self._err[0] if sent < k else 0
             if sent:
-                self._sent(msgs[:sent], recs[:sent])
+                self._sent_range(buf, 0, sizes[:sent], recs[:sent], sum(sizes[:sent]))
             del self._batch[:sent], self._batch_records[:sent]
             if sent == k:
                 continue
@@ -206,18 +206,11 @@ class UdpTransport(Transport):
             self._batch.pop(0)
             self.log.warning("export_send_failed", error=os.strerror(err))
 
-    def _sent(self, messages: list, nrecords: list) -> None:
-        """Count datagrams the kernel took, and remember the data ones (a
-        refusal names its datagram by the first KEY_BYTES bytes, looked up
-        only when one comes back)."""
-        self.messages_sent += len(messages)
-        self.bytes_sent += sum(map(len, messages))
-        self.records_sent += sum(nrecords)
-        self._recent.extend((m[:KEY_BYTES], n) for m, n in zip(messages, nrecords) if n)
-
     def _sent_range(self, data: bytes, off: int, lens: list, nrecords: list,
                     nbytes: int) -> None:
-        """_sent() for messages lying back to back in data from off."""
+        """Count datagrams the kernel took (messages back to back in data
+        from off), and remember the data ones: a refusal names its datagram
+        by the first KEY_BYTES bytes, looked up only when one comes back."""
         self.messages_sent += len(lens)
         self.bytes_sent += nbytes
         self.records_sent += sum(nrecords)
