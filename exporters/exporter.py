@@ -58,7 +58,11 @@ class TemplatePolicy:
     _last_options: float = 0.0
 
     def stream_started(self, now: float) -> None:
-        self._since, self._last, self._last_options = 0, now, now
+        self.templates_sent(now)
+        self._last_options = now
+
+    def templates_sent(self, now: float) -> None:
+        self._since, self._last = 0, now
 
     def templates_due(self, now: float) -> bool:
         return bool((self.every_messages and self._since >= self.every_messages)
@@ -184,6 +188,8 @@ class Exporter:
                 self.template_sends += 1
                 self.transport.send(msg, 0)
                 self.policy.stream_started(now)
+            else:   # NetFlow v5 has none: the triggers start over all the same
+                self.policy.templates_sent(now)
         if self._options_pending or self.policy.options_due(now):
             self._send_options(now)
 
