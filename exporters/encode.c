@@ -309,8 +309,10 @@ static void put_set_header(uint8_t *p, uint16_t set_id, size_t len)
  * one IPv6 set per call, whatever the mix), the second writes them, IPv4
  * set first, each set in input order.
  */
-int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
-               uint8_t *buf, size_t cap, struct enc_result *res)
+/* enc_encode() on the records of one IP version (`only` 4 or 6; the others
+ * are passed over), or on all (`only` 0). */
+static int encode_sets(const struct enc_layout *lay, uintptr_t records, size_t n,
+                       uint8_t *buf, size_t cap, int only, struct enc_result *res)
 {
     if (lay == NULL || res == NULL || (n > 0 && (records == 0 || buf == NULL)))
         return -EINVAL;
@@ -334,6 +336,8 @@ int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
 
     for (; i < n; i++) {
         int v6 = recs[i].ip_version == 6;
+        if (only && only != (v6 ? 6 : 4))
+            continue;
         if ((v6 ? lay->set_id6 : lay->set_id4) == 0) {
             skipped++;
             continue;
@@ -368,7 +372,7 @@ int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
     for (i = 0; i < k; i++) {
         const struct ft_record *r = &recs[i];
         int v6 = r->ip_version == 6;
-        if ((v6 ? lay->set_id6 : lay->set_id4) == 0)
+        if ((v6 ? lay->set_id6 : lay->set_id4) == 0 || (only && only != (v6 ? 6 : 4)))
             continue;
         if (v6)
             res->clamped += put_record(&p6, r, o6, lay->fields6, lay->nfields6, lay->boot_ms);
@@ -393,6 +397,12 @@ int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
     res->skipped = skipped;
     res->bytes = total;
     return 0;
+}
+
+int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
+               uint8_t *buf, size_t cap, struct enc_result *res)
+{
+    return encode_sets(lay, records, n, buf, cap, 0, res);
 }
 
 void enc_time_span(uintptr_t records, size_t n, uint64_t *min_first_ms,
@@ -460,41 +470,87 @@ static void put_header(uint8_t *p, const struct enc_header *h, size_t len,
     }
 }
 
+/* How many of records[0..n) go into at most max_msgs messages of one IP
+ * version each, packed as encode_sets() packs them (greedily, in input
+ * order, per version); *skipped: records of a version the layout leaves
+ * out, among them. */
+static size_t plan_messages(const struct enc_layout *lay, const struct ft_record *recs,
+                            size_t n, size_t cap, uint32_t max_msgs, uint64_t *skipped)
+{
+    size_t fixed[2] = {enc_record_length(lay->fields4, lay->nfields4),
+                       enc_record_length(lay->fields6, lay->nfields6)};
+    uint32_t var[2] = {varlen_fields(lay->fields4, lay->nfields4),
+                       varlen_fields(lay->fields6, lay->nfields6)};
+    size_t hdr = lay->set_hdr ? 4 : 0, align = lay->set_align ? lay->set_align : 1;
+    size_t cnt[2] = {0, 0}, fill[2] = {0, 0}, i;
+    uint32_t m = 0;
+
+    *skipped = 0;
+    for (i = 0; i < n; i++) {
+        int v = recs[i].ip_version == 6;
+        if ((v ? lay->set_id6 : lay->set_id4) == 0) {
+            (*skipped)++;
+            continue;
+        }
+        size_t b = record_bytes(&recs[i], fixed[v], var[v]);
+        if (cnt[v] && (!lay->max_records || cnt[v] < lay->max_records) &&
+            set_bytes(cnt[v] + 1, fill[v] + b, hdr, align) <= cap) {
+            cnt[v]++;
+            fill[v] += b;
+            continue;
+        }
+        if (m == max_msgs || set_bytes(1, b, hdr, align) > cap)
+            break;                 /* no message left, or too large for one */
+        m++;
+        cnt[v] = 1;
+        fill[v] = b;
+    }
+    return i;
+}
+
+/* Messages of one IP version each, IPv4 ones first: runs of equal-sized
+ * datagrams, which the UDP transport hands to the kernel as one send each
+ * (udpsend.h). A mixed message's size would follow its mix. */
 int enc_encode_msgs(const struct enc_layout *lay, struct enc_header *hdr,
                     uintptr_t records, size_t n, uint8_t *buf, size_t mtu,
                     uint32_t max_msgs, uint32_t *lens, uint32_t *nrecs,
                     struct enc_result *res)
 {
     size_t hl = hdr ? enc_header_length(hdr->version) : 0;
+    const struct ft_record *recs = (const struct ft_record *)records;
     struct enc_result one;
-    size_t done = 0, off = 0;
+    size_t k, off = 0;
     uint32_t m = 0;
 
-    if (res == NULL || hl == 0 || mtu <= hl || (max_msgs && (!buf || !lens || !nrecs)))
+    if (res == NULL || hl == 0 || mtu <= hl || (max_msgs && (!buf || !lens || !nrecs)) ||
+        lay == NULL || (n > 0 && records == 0))
         return -EINVAL;
     memset(res, 0, sizeof(*res));
-    while (done < n && m < max_msgs) {
-        int rc = enc_encode(lay, records + done * sizeof(struct ft_record), n - done,
-                            buf + off + hl, mtu - hl, &one);
-        if (rc != 0)
-            return rc;
-        if (one.consumed == 0)
-            break;                 /* a record larger than a message */
-        done += one.consumed;
-        res->skipped += one.skipped;
-        res->clamped += one.clamped;
-        res->sets += one.sets;
-        if (one.encoded == 0)
-            continue;              /* all skipped: no message */
-        put_header(buf + off, hdr, hl + one.bytes, one.encoded);
-        hdr->sequence += hdr->version == 9 ? 1 : one.encoded;
-        lens[m] = (uint32_t)(hl + one.bytes);
-        nrecs[m] = (uint32_t)one.encoded;
-        off += hl + one.bytes;
-        res->encoded += one.encoded;
-        m++;
+    k = plan_messages(lay, recs, n, mtu - hl, max_msgs, &res->skipped);
+    for (int only = 4; only <= 6; only += 2) {
+        size_t pos = 0;
+        if ((only == 4 ? lay->set_id4 : lay->set_id6) == 0)
+            continue;
+        while (pos < k && m < max_msgs) {
+            int rc = encode_sets(lay, records + pos * sizeof(struct ft_record), k - pos,
+                                 buf + off + hl, mtu - hl, only, &one);
+            if (rc != 0)
+                return rc;
+            if (one.encoded == 0)
+                break;             /* none of this version left */
+            pos += one.consumed;
+            res->clamped += one.clamped;
+            res->sets += one.sets;
+            put_header(buf + off, hdr, hl + one.bytes, one.encoded);
+            hdr->sequence += hdr->version == 9 ? 1 : one.encoded;
+            lens[m] = (uint32_t)(hl + one.bytes);
+            nrecs[m] = (uint32_t)one.encoded;
+            off += hl + one.bytes;
+            res->encoded += one.encoded;
+            m++;
+        }
     }
-    res->consumed = done;
+    res->consumed = k;
     res->bytes = off;
     res->messages = m;
     return 0;

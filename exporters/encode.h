@@ -135,7 +135,11 @@ int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
  * enc_encode_msgs() encodes records[0..n) into at most max_msgs messages of
  * at most mtu bytes each, written one after the other into buf (which holds
  * max_msgs * mtu bytes): message i takes lens[i] bytes and carries nrecs[i]
- * data records. A chunk of records that are all skipped makes no message.
+ * data records. Each message holds records of one IP version, IPv4 messages
+ * first, each version's records in input order: the messages of a version
+ * then have one size but for the last (a run the UDP transport sends with
+ * segmentation offload). A chunk of records that are all skipped makes no
+ * message.
  * The header fields that stay the same for the whole call are in *hdr; the
  * sequence number is per message (IPFIX and NetFlow v5: data records sent
  * before the message; NetFlow v9: messages sent before it) and hdr->sequence
