@@ -160,6 +160,7 @@ class ExportConfig:
     template_refresh_s: float = setting(10.0, min=0)
     options_interval_s: float = setting(60.0, min=0)
     rate_msgs_s: int = setting(5000, min=0)
+    udp_gso: bool = setting(True)
     max_buffer_bytes: int = setting(4 * MiB, min=64 * KiB, max=2**31)
     backoff_max_s: float = setting(30.0, min=0.1)
     close_timeout_s: float = setting(5.0, min=0)

@@ -366,7 +366,8 @@ def build_exporter(item: ExportConfig | str | dict, *, sampling_interval: int = 
         raise ConfigError([f"export {ec.url}: {e}"]) from None
     if tr_name == "udp":
         transport = UdpTransport(ec.host, ec.port,
-                                 rate_msgs_s=ec.rate_msgs_s / max(1, readers))
+                                 rate_msgs_s=ec.rate_msgs_s / max(1, readers),
+                                 gso=ec.udp_gso)
         policy = TemplatePolicy(every_messages=ec.template_refresh_messages,
                                 every_s=ec.template_refresh_s,
                                 options_every_s=ec.options_interval_s)

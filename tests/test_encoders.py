@@ -200,6 +200,43 @@ def test_templates_follow_every_nth_data_message_with_blocks():
     assert all(len(r) == 7 for r in runs[1:-1]) and 1 <= len(runs[-1]) <= 7, runs
 
 
+@pytest.mark.parametrize("scheme", ["ipfix", "netflow9", "netflow5"])
+def test_udp_segmentation_offload_puts_the_same_datagrams_on_the_wire(scheme):
+    """With udp_gso (the default) runs of equal-sized messages go to the
+    kernel as one send each; a real socket receives exactly the datagrams
+    that one send per datagram delivers, in the same order."""
+    from export_pcap import UdpRecorder
+    from flowprobe.exporters.exporter import build_exporters
+
+    specs = [dict(FIXED[i % len(FIXED)], src_port=1000 + i) for i in range(5000)]
+    arr = make_records(specs)
+    wire, stats = {}, {}
+    for gso in (True, False):
+        rec = UdpRecorder()
+        try:
+            exps = build_exporters([{"url": f"{scheme}://127.0.0.1:{rec.port}",
+                                     "rate_msgs_s": 0, "udp_gso": gso}])
+            exps.sink(address(arr), len(specs))
+            exps.close()
+        finally:
+            wire[gso] = [d for _, d, _ in rec.stop()]
+        stats[gso] = next(iter(exps.stats().values()))
+    on, off = stats[True]["transport"], stats[False]["transport"]
+    assert on["gso"] is True and off["gso"] is False and off["gso_sends"] == 0
+    # every message but a run's last and the templates went in a run
+    assert on["gso_sends"] > 0 and on["send_calls"] == off["send_calls"]
+    assert on["messages"] == off["messages"] == len(wire[False]) > 40
+    strip = {"ipfix": [(4, 8)], "netflow9": [(4, 12)], "netflow5": [(4, 16)]}[scheme]
+
+    def no_clock(d):   # export times differ between the two runs
+        for a, b in strip:
+            d = d[:a] + bytes(b - a) + d[b:]
+        return d
+    assert [no_clock(d) for d in wire[True]] == [no_clock(d) for d in wire[False]]
+    assert stats[True]["records_exported"] == stats[False]["records_exported"] \
+        == (len(specs) if scheme != "netflow5" else sum(":" not in x["src"] for x in specs))
+
+
 def test_netflow5_limits_clamps_and_counts():
     """v5: at most 30 records per packet, IPv6 counted as not exportable,
     counters over 32 bits saturate and are counted."""

@@ -151,15 +151,18 @@ def test_tcp_collector_killed_midway(tmp_path):
         + st["records_not_sent_by"].get("buffer_full", 0) > 0
 
 
-def test_udp_port_that_refuses(tmp_path):
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "no-gso"])
+def test_udp_port_that_refuses(tmp_path, gso):
     """UDP to a port nobody listens on: every datagram comes back as ICMP
     port unreachable, so nothing counts as exported (collector_refused);
-    then a collector appears on that port and decodes exactly the rest."""
+    then a collector appears on that port and decodes exactly the rest.
+    With segmentation offload a refusal comes back once per send, for all
+    its datagrams."""
     port = free_port()
     # paced: a Python collector's socket buffer overflows unpaced, and such
     # a loss is invisible to any sender
     # (templates on the tick after the collector starts, so it decodes all)
-    pipes = pipeline(f"ipfix://127.0.0.1:{port}", rate_msgs_s=4000,
+    pipes = pipeline(f"ipfix://127.0.0.1:{port}", rate_msgs_s=4000, udp_gso=gso,
                      template_refresh_messages=0, template_refresh_s=0.05)
     col = None
 
@@ -251,11 +254,13 @@ def test_full_queue_drops_and_counts_never_waits(tmp_path):
     assert col.records() == st["records_exported"] > 0
 
 
-def test_inline_exporter_counts_what_it_was_handed():
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "no-gso"])
+def test_inline_exporter_counts_what_it_was_handed(gso):
     """Without the pipeline (replay exports inline) the exporter itself
     counts records handed, and the equation holds: a refusing UDP port."""
     from flowprobe.exporters.exporter import build_exporter
-    exp = build_exporter({"url": f"ipfix://127.0.0.1:{free_port()}", "rate_msgs_s": 0})
+    exp = build_exporter({"url": f"ipfix://127.0.0.1:{free_port()}", "rate_msgs_s": 0,
+                          "udp_gso": gso})
     arr = make_records([dict(FIXED[i % 4], src_port=i) for i in range(3000)])
     exp.sink(address(arr), 3000)
     exp.close()
@@ -263,3 +268,4 @@ def test_inline_exporter_counts_what_it_was_handed():
     equation(st)
     assert st["records_handed"] == 3000
     assert st["records_not_sent_by"] == {"collector_refused": 3000}
+    assert (st["transport"]["gso_sends"] > 0) == gso
