@@ -154,9 +154,7 @@ class UdpTransport(Transport):
                         and time.monotonic() >= self.give_up_at:
                     break
                 k = self._take_tokens(total - i)
-                self.send_calls += 1
-                sent = lib.udp_send_batch(fd, cdata + off, clens + i, k, self._gso,
-                                          groups, self._ngroups, self._err)
+                sent = self._sendmmsg(fd, cdata + off, clens + i, k, groups)
                 if sent > 0:
                     nbytes = sum(lens[i:i + sent])
                     self._sent_range(data, off, lens[i:i + sent], nrecs[i:i + sent], nbytes,
@@ -195,11 +193,9 @@ class UdpTransport(Transport):
             if self.sock is None:
                 sent, err = 0, errno.EBADF
             else:
-                self.send_calls += 1
                 groups = ffi.new("uint32_t[]", k)
-                sent = lib.udp_send_batch(self.sock.fileno(), ffi.from_buffer(buf),
-                                          ffi.new("uint32_t[]", sizes), k, self._gso,
-                                          groups, self._ngroups, self._err)
+                sent = self._sendmmsg(self.sock.fileno(), ffi.from_buffer(buf),
+                                      ffi.new("uint32_t[]", sizes), k, groups)
                 err = self._err[0] if sent < k else 0
             if sent:
                 self._sent_range(buf, 0, sizes[:sent], recs[:sent], sum(sizes[:sent]), groups)
@@ -220,6 +216,17 @@ class UdpTransport(Transport):
                           if err == errno.ECONNREFUSED else "send_error")
             self._batch.pop(0)
             self.log.warning("export_send_failed", error=os.strerror(err))
+
+    def _sendmmsg(self, fd: int, cdata, clens, k: int, groups) -> int:
+        """udp_send_batch() of k messages; says once if the kernel turned
+        the offload down (it stays off for this socket)."""
+        self.send_calls += 1
+        gso = self._gso[0]
+        sent = lib.udp_send_batch(fd, cdata, clens, k, self._gso, groups, self._ngroups, self._err)
+        if gso and not self._gso[0]:
+            self.log.warning("export_udp_gso_off", reason="refused by the kernel or the route "
+                          "(no checksum offload, or a message above the path MTU)")
+        return sent
 
     def _sent_range(self, data: bytes, off: int, lens: list, nrecords: list,
                     nbytes: int, groups) -> None:
