@@ -187,9 +187,9 @@ class Exporter:
             if msg is not None:
                 self.template_sends += 1
                 self.transport.send(msg, 0)
-                self.policy.stream_started(now)
-            else:   # NetFlow v5 has none: the triggers start over all the same
-                self.policy.templates_sent(now)
+            # the template triggers start over (NetFlow v5 has none to send);
+            # the options timer runs on: a refresh is not a new stream
+            self.policy.templates_sent(now)
         if self._options_pending or self.policy.options_due(now):
             self._send_options(now)
 

@@ -4,6 +4,7 @@ import datetime
 import io
 import os
 import struct
+import time
 from pathlib import Path
 
 import ipfix.reader
@@ -235,6 +236,36 @@ def test_udp_segmentation_offload_puts_the_same_datagrams_on_the_wire(scheme):
     assert [no_clock(d) for d in wire[True]] == [no_clock(d) for d in wire[False]]
     assert stats[True]["records_exported"] == stats[False]["records_exported"] \
         == (len(specs) if scheme != "netflow5" else sum(":" not in x["src"] for x in specs))
+
+
+def test_options_follow_their_interval_between_template_refreshes():
+    """Periodic options records (sampling, reliability counters) go out
+    every options_interval_s although templates are refreshed more often:
+    a refresh on UDP is not a new stream and does not restart their timer."""
+    from export_pcap import UdpRecorder
+    from flowprobe.exporters.exporter import build_exporters
+
+    rec = UdpRecorder()
+    try:
+        exps = build_exporters([{"url": f"ipfix://127.0.0.1:{rec.port}", "rate_msgs_s": 0,
+                                 "template_refresh_messages": 2, "template_refresh_s": 0.05,
+                                 "options_interval_s": 0.25}])
+        for b in range(30):    # ~1.5 s of export, a template refresh in every batch
+            arr = make_records([dict(FIXED[0], src_port=b, dst_port=i) for i in range(100)])
+            exps.sink(address(arr), 100)
+            exps.tick(time.time_ns())
+            time.sleep(0.05)
+        exps.close()
+    finally:
+        datagrams = rec.stop()
+    st = next(iter(exps.stats().values()))
+    assert st["template_sends"] >= 30
+    # one per 0.25 s over ~1.5 s, and the one at close
+    assert 5 <= st["options_sends"] <= 9, st["options_sends"]
+    # and on the wire: messages of options data (neither templates nor flows)
+    first_sets = [struct.unpack_from("!H", d, 16)[0] for _, d, _ in datagrams]
+    assert sum(1 for sid in first_sets if sid not in (2, 3, templates.TID_FLOW4,
+                                                     templates.TID_FLOW6)) == st["options_sends"]
 
 
 def test_netflow5_limits_clamps_and_counts():
