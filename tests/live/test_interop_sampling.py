@@ -122,7 +122,10 @@ def yaml_config(exports, idle_timeout_s=600, options_interval_s=60):
              "capture:", "  block_timeout_ms: 5", f"  sampling_rate: {RATE}",
              "  sampling_mode: deterministic", "export:"]
     for url in exports:
-        lines += [f"  - url: {url}", f"    options_interval_s: {options_interval_s}"]
+        # udp_gso off: tshark on lo would see each offloaded send as one
+        # packet, before the kernel cuts it into datagrams (README, Exporting)
+        lines += [f"  - url: {url}", f"    options_interval_s: {options_interval_s}",
+                  "    udp_gso: false"]
     return "\n".join(lines) + "\n"
 
 
