@@ -23,7 +23,8 @@
 #define PF_LT_RESERVED1 0x03ff0000u /* libpcap's LT_RESERVED1: must be 0 */
 #define PF_HELD 16                 /* windows left behind, still pointed into */
 #define PF_WINS (PF_HELD + 1)      /* mapped at most: those + the current one */
-#define PF_SLOTS 4                 /* batches the reader thread walks ahead */
+#define PF_SLOTS 64                /* batches the reader thread walks ahead, at most */
+#define PF_RING_PKTS ((size_t)1 << 18) /* ... and packets in them (8 MiB of ft_pkt) */
 
 enum { SWAP_NO = 0, SWAP_YES = 1, SWAP_MAYBE = 2 }; /* caplen/len order */
 
@@ -47,7 +48,7 @@ struct pf_slot {
 /*
  * The mmap reader is a producer (the walk: mm_produce and what it calls)
  * and a consumer (pf_mm_batch, the caller's thread). Large files run the
- * producer in a reader thread that fills a ring of PF_SLOTS slots; the
+ * producer in a reader thread that fills a ring of nslots slots; the
  * caller copies ready slots out. Small files, and a reader that had to
  * stop its thread (the file shrank), run the producer in the caller's
  * thread, straight into the caller's array. The producer never writes
@@ -105,6 +106,7 @@ struct pf_reader {
     pthread_cond_t cv_prod;        /* the reader waits: ring full, windows */
     pthread_cond_t cv_cons;        /* the caller waits: nothing ready */
     struct pf_slot slots[PF_SLOTS];
+    size_t nslots;                 /* in use: PF_RING_PKTS / slot_cap, 4..PF_SLOTS */
     size_t slot_cap;
     uint64_t cons_seq;             /* the next slot to hand out */
     size_t cons_off;               /* file offset after the last slot handed
