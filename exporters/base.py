@@ -78,10 +78,14 @@ class MessageBlock:
     records; ``records`` is their sum. The unit an encoder hands to a
     transport, so that Python works per block of up to
     MAX_BLOCK_MESSAGES messages, not per message."""
-    __slots__ = ("data", "lens", "nrecs", "records")
+    __slots__ = ("data", "lens", "nrecs", "records", "templates", "since")
 
-    def __init__(self, data: bytes, lens: list, nrecs: list, records: int):
+    def __init__(self, data: bytes, lens: list, nrecs: list, records: int,
+                 templates: int = 0, since: int | None = None):
         self.data, self.lens, self.nrecs, self.records = data, lens, nrecs, records
+        # template messages among them (the count refresh), and the data
+        # messages after the last one (None: the encoder does no refresh)
+        self.templates, self.since = templates, since
 
     @classmethod
     def of(cls, message: bytes, nrecords: int) -> "MessageBlock":
@@ -124,6 +128,8 @@ class RecordEncoder:
         self._nrecs = ffi.new("uint32_t[]", MAX_BLOCK_MESSAGES)
         self._hdr = ffi.new("struct enc_header *")
         self._res = ffi.new("struct enc_result *")
+        self._refresh = ffi.new("struct enc_refresh *")
+        self._refresh_body = None       # keeps the template sets alive for C
         self._lay = ffi.new("struct enc_layout *")
         self._keep = []
         self.records_encoded = 0
@@ -141,17 +147,30 @@ class RecordEncoder:
         lay.set_hdr, lay.set_align = set_hdr, align
         lay.max_records = max_records
 
-    def encode_blocks(self, address: int, n: int, limit=None):
+    def encode_blocks(self, address: int, n: int, limit=None, refresh=None):
         """Yield MessageBlocks for records[0..n). ``limit()``, asked before
-        each block, caps its messages (the exporter's template refresh
-        falls between two blocks); the sequence counter is read before and
+        each block, caps its messages (a time-triggered refresh falls
+        between two blocks); the sequence counter is read before and
         stored after each block, so messages built in between (templates,
-        options) take their place in the sequence."""
+        options) take their place in the sequence. ``refresh`` (the
+        exporter's TemplatePolicy), read before each block: a template
+        message follows every ``refresh.every_messages`` data messages,
+        counted on from ``refresh.since``, inside the blocks
+        (block.templates, block.since)."""
         clock = self.clock
         clock.observe(address, n)
         self._lay.boot_ms = clock.boot_ms or 0
-        hdr, res, lay = self._hdr, self._res, self._lay
+        hdr, res, lay, rf = self._hdr, self._res, self._lay, self._refresh
         self._header_fields(hdr)
+        parts = self.template_parts() if refresh is not None else None
+        if parts is not None:
+            if self._refresh_body is not parts[0]:
+                self._refresh_body = parts[0]
+                rf.body, rf.body_len = ffi.from_buffer(parts[0]), len(parts[0])
+            rf.count = parts[1]
+        else:
+            rf.body, rf.body_len = ffi.NULL, 0
+            self._refresh_body = None
         buf, lens, nrecs, mtu = self._buf, self._lens, self._nrecs, self.cfg.mtu
         encode, size, seq = lib.enc_encode_msgs, RECORD_SIZE, self.seq_attr
         done = 0
@@ -159,8 +178,10 @@ class RecordEncoder:
             k = MAX_BLOCK_MESSAGES if limit is None else \
                 max(1, min(MAX_BLOCK_MESSAGES, limit()))
             hdr.sequence = getattr(self, seq)
+            if refresh is not None:
+                rf.every, rf.since = refresh.every_messages, refresh.since
             rc = encode(lay, hdr, address + done * size, n - done, buf, mtu, k,
-                        lens, nrecs, res)
+                        lens, nrecs, rf, res)
             if rc != 0:
                 raise EncodeError(f"enc_encode_msgs failed: {rc}")
             setattr(self, seq, hdr.sequence)
@@ -172,8 +193,8 @@ class RecordEncoder:
             m = res.messages
             if m:
                 self.records_encoded += res.encoded
-                yield MessageBlock(ffi.buffer(buf, res.bytes)[:], ffi.unpack(lens, m), ffi.unpack(nrecs, m),
-                                   res.encoded)
+                yield MessageBlock(ffi.buffer(buf, res.bytes)[:], ffi.unpack(lens, m),
+                                   ffi.unpack(nrecs, m), res.encoded, rf.sent, rf.since)
             elif res.consumed == 0:
                 raise EncodeError("record larger than the message buffer")
 
@@ -186,6 +207,11 @@ class RecordEncoder:
     def _header_fields(self, hdr) -> None:
         """Fill `struct enc_header` but for the sequence (from the clock)."""
         raise NotImplementedError
+
+    def template_parts(self):
+        """(template and options template sets, their v9 record count), or
+        None (NetFlow v5): what a template message carries after its header."""
+        return None
 
     def template_message(self):
         """Template (and options template) message, or None (NetFlow v5)."""

@@ -470,12 +470,27 @@ static void put_header(uint8_t *p, const struct enc_header *h, size_t len,
     }
 }
 
+/* Whether a template message follows the data message just counted (and
+ * the count starts over): the refresh is due and the call has room. */
+static int refresh_after(struct enc_refresh *rf, uint32_t *since, uint32_t m,
+                         uint32_t max_msgs)
+{
+    if (rf == NULL)
+        return 0;
+    (*since)++;
+    if (rf->body == NULL || rf->every == 0 || *since < rf->every || m >= max_msgs)
+        return 0;
+    *since = 0;
+    return 1;
+}
+
 /* How many of records[0..n) go into at most max_msgs messages of one IP
  * version each, packed as encode_sets() packs them (greedily, in input
- * order, per version); *skipped: records of a version the layout leaves
- * out, among them. */
+ * order, per version), with the template messages *rf puts between them;
+ * *skipped: records of a version the layout leaves out, among them. */
 static size_t plan_messages(const struct enc_layout *lay, const struct ft_record *recs,
-                            size_t n, size_t cap, uint32_t max_msgs, uint64_t *skipped)
+                            size_t n, size_t cap, uint32_t max_msgs,
+                            struct enc_refresh *rf, uint64_t *skipped)
 {
     size_t fixed[2] = {enc_record_length(lay->fields4, lay->nfields4),
                        enc_record_length(lay->fields6, lay->nfields6)};
@@ -483,7 +498,7 @@ static size_t plan_messages(const struct enc_layout *lay, const struct ft_record
                        varlen_fields(lay->fields6, lay->nfields6)};
     size_t hdr = lay->set_hdr ? 4 : 0, align = lay->set_align ? lay->set_align : 1;
     size_t cnt[2] = {0, 0}, fill[2] = {0, 0}, i;
-    uint32_t m = 0;
+    uint32_t m = 0, since = rf ? rf->since : 0;
 
     *skipped = 0;
     for (i = 0; i < n; i++) {
@@ -502,6 +517,7 @@ static size_t plan_messages(const struct enc_layout *lay, const struct ft_record
         if (m == max_msgs || set_bytes(1, b, hdr, align) > cap)
             break;                 /* no message left, or too large for one */
         m++;
+        m += (uint32_t)refresh_after(rf, &since, m, max_msgs);
         cnt[v] = 1;
         fill[v] = b;
     }
@@ -514,7 +530,7 @@ static size_t plan_messages(const struct enc_layout *lay, const struct ft_record
 int enc_encode_msgs(const struct enc_layout *lay, struct enc_header *hdr,
                     uintptr_t records, size_t n, uint8_t *buf, size_t mtu,
                     uint32_t max_msgs, uint32_t *lens, uint32_t *nrecs,
-                    struct enc_result *res)
+                    struct enc_refresh *rf, struct enc_result *res)
 {
     size_t hl = hdr ? enc_header_length(hdr->version) : 0;
     const struct ft_record *recs = (const struct ft_record *)records;
@@ -523,10 +539,13 @@ int enc_encode_msgs(const struct enc_layout *lay, struct enc_header *hdr,
     uint32_t m = 0;
 
     if (res == NULL || hl == 0 || mtu <= hl || (max_msgs && (!buf || !lens || !nrecs)) ||
-        lay == NULL || (n > 0 && records == 0))
+        lay == NULL || (n > 0 && records == 0) ||
+        (rf && rf->body && hl + rf->body_len > mtu))
         return -EINVAL;
     memset(res, 0, sizeof(*res));
-    k = plan_messages(lay, recs, n, mtu - hl, max_msgs, &res->skipped);
+    if (rf)
+        rf->sent = 0;
+    k = plan_messages(lay, recs, n, mtu - hl, max_msgs, rf, &res->skipped);
     for (int only = 4; only <= 6; only += 2) {
         size_t pos = 0;
         if ((only == 4 ? lay->set_id4 : lay->set_id6) == 0)
@@ -548,6 +567,16 @@ int enc_encode_msgs(const struct enc_layout *lay, struct enc_header *hdr,
             off += hl + one.bytes;
             res->encoded += one.encoded;
             m++;
+            if (rf && refresh_after(rf, &rf->since, m, max_msgs)) {
+                put_header(buf + off, hdr, hl + rf->body_len, rf->count);
+                memcpy(buf + off + hl, rf->body, rf->body_len);
+                hdr->sequence += hdr->version == 9 ? 1 : 0;
+                lens[m] = (uint32_t)(hl + rf->body_len);
+                nrecs[m] = 0;
+                off += hl + rf->body_len;
+                rf->sent++;
+                m++;
+            }
         }
     }
     res->consumed = k;

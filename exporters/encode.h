@@ -143,7 +143,8 @@ int enc_encode(const struct enc_layout *lay, uintptr_t records, size_t n,
  * The header fields that stay the same for the whole call are in *hdr; the
  * sequence number is per message (IPFIX and NetFlow v5: data records sent
  * before the message; NetFlow v9: messages sent before it) and hdr->sequence
- * is left at the next message's. *res holds the totals. It stops early
+ * is left at the next message's. Template messages come in as *refresh
+ * (may be NULL) says, with nrecs 0. *res holds the totals. It stops early
  * (res->consumed < n) only at max_msgs, or at a record too large for an
  * empty message (consumed 0: the caller's mtu is too small). Returns 0, or
  * -EINVAL as enc_encode().
@@ -162,10 +163,29 @@ struct enc_header {
 /* Header bytes of a version (5: 24, 9: 20, 10: 16), 0 for another. */
 uint32_t enc_header_length(uint16_t version);
 
+/*
+ * Template refresh by count, inside a call: after every `every` data
+ * messages (counting on from `since`), a template message (header, then
+ * `body`: the template and options template sets, `count` records for the
+ * v9 header) is written as the next message, when the call has room for
+ * it (max_msgs); otherwise the caller sends it. `since` is left at the
+ * data messages after the last template message, `sent` at the template
+ * messages written by the call. body NULL or every 0: none is written,
+ * `since` still counts.
+ */
+struct enc_refresh {
+    const uint8_t *body;
+    uint32_t body_len;
+    uint32_t count;
+    uint32_t every;
+    uint32_t since;            /* in/out */
+    uint32_t sent;             /* out */
+};
+
 int enc_encode_msgs(const struct enc_layout *lay, struct enc_header *hdr,
                     uintptr_t records, size_t n, uint8_t *buf, size_t mtu,
                     uint32_t max_msgs, uint32_t *lens, uint32_t *nrecs,
-                    struct enc_result *res);
+                    struct enc_refresh *refresh, struct enc_result *res);
 
 /* min(first_ns) and max(last_ns) over records[0..n), in ms; (0, 0) if n == 0. */
 void enc_time_span(uintptr_t records, size_t n, uint64_t *min_first_ms,

@@ -22,7 +22,7 @@ import structlog
 
 from flowprobe.config.schema import ConfigError, ExportConfig, export_config, export_items
 from flowprobe.exporters._encode import ffi
-from flowprobe.exporters.base import EncodeError, EncoderConfig
+from flowprobe.exporters.base import MAX_BLOCK_MESSAGES, EncodeError, EncoderConfig
 from flowprobe.exporters.ipfix import IpfixEncoder
 from flowprobe.exporters.netflow5 import Netflow5Encoder
 from flowprobe.exporters.netflow9 import Netflow9Encoder
@@ -71,15 +71,22 @@ class TemplatePolicy:
     def options_due(self, now: float) -> bool:
         return bool(self.options_every_s and now - self._last_options >= self.options_every_s)
 
-    def data_sent(self, messages: int = 1) -> None:
-        self._since += messages
+    @property
+    def since(self) -> int:
+        """Data messages since the last template message."""
+        return self._since
 
-    def messages_until_due(self) -> int:
-        """Data messages that may go before the count trigger fires (a
-        large number when there is none)."""
-        if not self.every_messages:
-            return 1 << 30
-        return max(1, self.every_messages - self._since)
+    def block_sent(self, data_messages: int, templates: int, since: int | None,
+                   now: float) -> None:
+        """A block went out: `templates` of its messages were the encoder's
+        count refresh, `since` data messages follow the last one (None: the
+        encoder refreshes nothing, so all of them count)."""
+        if since is None:
+            self._since += data_messages
+        else:
+            self._since = since
+        if templates:
+            self._last = now
 
     def count_due(self) -> bool:
         return bool(self.every_messages and self._since >= self.every_messages)
@@ -194,13 +201,12 @@ class Exporter:
             self._send_options(now)
 
     def _block_limit(self) -> int:
-        """Messages the next block may hold: it ends where the count trigger
-        fires, so templates follow exactly `every_messages` data messages;
-        and a time trigger already due gets a block of one, then its turn,
-        as it would one message at a time."""
+        """Messages the next block may hold: a time trigger already due
+        gets a block of one, then its turn, as it would one message at a
+        time (the count trigger is the encoder's, inside the blocks)."""
         if time.monotonic() >= self.policy.next_time_due():
             return 1
-        return self.policy.messages_until_due()
+        return MAX_BLOCK_MESSAGES
 
     # -- data path -------------------------------------------------------------
     def open(self) -> None:
@@ -233,12 +239,16 @@ class Exporter:
                 self._send_options(time.monotonic())
             send, policy, clock = self.transport.send_block, self.policy, time.monotonic
             time_due = policy.next_time_due()
-            for block in self.encoder.encode_blocks(address, n, self._block_limit):
+            for block in self.encoder.encode_blocks(address, n, self._block_limit, policy):
                 send(block)
                 handed += block.records
-                policy.data_sent(len(block.lens))
+                if block.templates:
+                    self.template_sends += block.templates
+                policy.block_sent(len(block.lens) - block.templates, block.templates,
+                                  block.since, clock())
                 # after the send: a header built now takes the next sequence.
-                # (_maybe_refresh() only when one of its triggers may fire.)
+                # (_maybe_refresh() only when one of its triggers may fire:
+                # the count trigger when the block had no room left for it.)
                 if policy.count_due() or self._options_pending or clock() >= time_due:
                     self._maybe_refresh()
                     time_due = policy.next_time_due()

@@ -51,14 +51,17 @@ class IpfixEncoder(RecordEncoder):
         hdr.unix_secs = (self.clock.now_ms // 1000) & 0xFFFFFFFF
         hdr.domain_id = self.cfg.domain_id
 
-    def template_message(self):
-        body = self._template_body
-        if body is None:    # built once: a refresh every 20 messages resends it
+    def template_parts(self):
+        if self._template_body is None:    # built once: every refresh resends it
             # one options template per set (options.py says why)
-            body = self._template_body = (
+            self._template_body = (
                 _set(SET_TEMPLATE, b"".join(t.ipfix_record() for t in self.templates))
                 + b"".join(_set(SET_OPTIONS_TEMPLATE, t.ipfix_record())
-                           for t in options_templates(self)))
+                           for t in options_templates(self)), 0)
+        return self._template_body
+
+    def template_message(self):
+        body, _ = self.template_parts()
         return self._header(self.header_len + len(body), 0) + body
 
     def options_message(self, stats: dict):

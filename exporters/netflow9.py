@@ -61,14 +61,17 @@ class Netflow9Encoder(RecordEncoder):
         hdr.unix_secs = secs & 0xFFFFFFFF
         hdr.domain_id = self.cfg.domain_id
 
-    def template_message(self):
-        if self._template_body is None:     # built once: refreshes resend it
+    def template_parts(self):
+        if self._template_body is None:     # built once: every refresh resends it
             # one options template per set (options.py says why)
             opts = [_set(SET_OPTIONS_TEMPLATE, t.v9_record()) for t in options_templates(self)]
             self._template_body = (
                 _set(SET_TEMPLATE, b"".join(t.v9_record() for t in self.templates))
                 + b"".join(opts), len(self.templates) + len(opts))
-        body, count = self._template_body
+        return self._template_body
+
+    def template_message(self):
+        body, count = self.template_parts()
         return self._header(count) + body
 
     def options_message(self, stats: dict):

@@ -233,7 +233,7 @@ class NtopngEncoder:
         self.records_encoded += n
         return out
 
-    def encode_blocks(self, records, n: int, limit=None):
+    def encode_blocks(self, records, n: int, limit=None, refresh=None):
         """One MessageBlock per payload: ZeroMQ sends message by message."""
         for payload, count in self.encode(records, n):
             yield MessageBlock.of(payload, count)

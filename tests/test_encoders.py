@@ -178,17 +178,20 @@ def test_blocks_hold_whole_messages_in_sequence(name):
         assert seqs == [sum(nrecs[:i]) for i in range(len(got))]
 
 
-def test_templates_follow_every_nth_data_message_with_blocks():
-    """The exporter's count trigger cuts blocks: on the wire a template
-    message follows exactly every `template_refresh_messages` data messages."""
+@pytest.mark.parametrize("every", [7, 64, 100])
+def test_templates_follow_every_nth_data_message_with_blocks(every):
+    """On the wire a template message follows exactly every
+    `template_refresh_messages` data messages: written by the encoder inside
+    a block, or (64: the block is full when it is due) sent by the exporter
+    in front of the next block."""
     from export_pcap import UdpRecorder
     from flowprobe.exporters.exporter import build_exporters
 
     rec = UdpRecorder()
     try:
         exps = build_exporters([{"url": f"ipfix://127.0.0.1:{rec.port}", "rate_msgs_s": 0,
-                                 "template_refresh_messages": 7}])
-        specs = [dict(FIXED[i % len(FIXED)]) for i in range(3000)]
+                                 "template_refresh_messages": every}])
+        specs = [dict(FIXED[i % len(FIXED)]) for i in range(12000)]
         arr = make_records(specs)
         exps.sink(address(arr), len(specs))
         exps.close()
@@ -198,7 +201,7 @@ def test_templates_follow_every_nth_data_message_with_blocks():
              for _, d, _ in datagrams if struct.unpack_from("!H", d, 16)[0] in (2, 256, 257)]
     runs = "".join(kinds).split("T")
     assert runs[0] == "" and len(runs) > 5
-    assert all(len(r) == 7 for r in runs[1:-1]) and 1 <= len(runs[-1]) <= 7, runs
+    assert all(len(r) == every for r in runs[1:-1]) and 1 <= len(runs[-1]) <= every, runs
 
 
 @pytest.mark.parametrize("scheme", ["ipfix", "netflow9", "netflow5"])
