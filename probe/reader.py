@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 import socket
 import time
 from typing import Any, Callable
@@ -24,7 +23,7 @@ from typing import Any, Callable
 from flowprobe.config.schema import export_items
 from flowprobe.driver.afpacket import RingError
 from flowprobe.driver.capture import CaptureRing, linktype_of, open_ring
-from flowprobe.errors import CaptureSetupError, ExitCode
+from flowprobe.errors import ExitCode
 from flowprobe.exporters.exporter import exporters_for
 from flowprobe.exporters.pipeline import ExportPipeline
 from flowprobe.logs import get_logger

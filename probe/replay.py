@@ -181,7 +181,9 @@ def run_replay(files: list[str], cfg, json_out: bool, export_urls: list[str]) ->
         from flowprobe.exporters.exporter import exporters_for
         exporters = list(exporters_for(cfg, export_urls))
         sinks.extend(e.sink for e in exporters)
-    table = FlowTable(cfg.flow, fan_out(sinks) if sinks else None)
+    # prefault: the slab's pages are mapped by a helper thread ahead of use
+    # (flowtable.c), on the CPU the file's reader thread leaves idle
+    table = FlowTable(cfg.flow, fan_out(sinks) if sinks else None, prefault=True)
     for e in exporters:
         e.attach(table)
 

@@ -47,10 +47,10 @@ def sanitizer_build(tmp_path_factory):
     return out
 
 
-def replay_clean_under_sanitizers(build, files, *options):
-    """tests/c/ft_replay.c built with ASan+UBSan replays every file with
-    `options`: exit 0 and one " ok" line per file."""
-    proc = subprocess.run([str(build / "ft_replay_san"), *options, *map(str, files)],
+def replay_clean_under_sanitizers(build, files, *options, binary="ft_replay_san"):
+    """tests/c/ft_replay.c built with ASan+UBSan (or `binary`) replays every
+    file with `options`: exit 0 and one " ok" line per file."""
+    proc = subprocess.run([str(build / binary), *options, *map(str, files)],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"})
     lines = proc.stdout.splitlines()
@@ -73,6 +73,17 @@ def test_unfinished_flushes_under_asan_ubsan(sanitizer_build, synthetic_captures
     conserved, every flow and nDPI state released."""
     replay_clean_under_sanitizers(sanitizer_build, [*synthetic_captures, *CAPTURES],
                                   "-f", "1", "-r", "128", "-m", "16384")
+
+
+@pytest.mark.parametrize("binary", ["ft_replay_san", "ft_replay_tsan"])
+def test_prefault_helper_under_sanitizers(sanitizer_build, synthetic_captures, binary):
+    """With the slab mapped ahead by a helper thread (replay's prefault;
+    these builds ask it every 16 KiB of flows, 64 KiB ahead, so it runs
+    beside the table all along) every capture replays clean under
+    ASan+UBSan and under TSan, packets conserved, the helper joined at
+    ft_free()."""
+    replay_clean_under_sanitizers(sanitizer_build, [*synthetic_captures, *CAPTURES[:50]],
+                                  "-P", "-m", "400000", binary=binary)
 
 
 def test_parser_fuzz_short_run(sanitizer_build, synthetic_captures, tmp_path):

@@ -63,6 +63,8 @@ struct ft_config {
     uint32_t ifindex;          /* ingress interface of packets without one */
     uint32_t dpi;              /* 1: application identification (nDPI) on */
     uint32_t dpi_max_flows;    /* nDPI flow states, allocated once (dpi on: >= 1) */
+    uint32_t prefault;         /* 1: a helper thread maps the slab's pages ahead
+                                  of the flows taken from it (see ft_new) */
 };
 
 /* 64-bit counters of one table. Every packet offered to ft_ingest lands in

@@ -66,6 +66,8 @@ struct ft_table {
     struct ft_stats st;
     uint64_t seed[8];               /* hash seed, from getrandom() */
     struct ft_dpi *dpi;             /* NULL when DPI is off (dpi.c) */
+    struct ft_prefault *prefault;   /* NULL unless cfg.prefault (flowtable.c) */
+    size_t prefault_asked;          /* slab bytes last asked of it */
 };
 
 /* ---- hashing ---------------------------------------------------------- */

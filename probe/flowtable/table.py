@@ -71,7 +71,7 @@ class PacketBatch:
     cap: int
 
 
-def _c_config(flow_cfg, ifindex: int):
+def _c_config(flow_cfg, ifindex: int, prefault: bool = False):
     cfg = ffi.new("struct ft_config *")
     cfg.max_flows = flow_cfg.max_flows
     cfg.record_buffer = flow_cfg.record_buffer
@@ -81,6 +81,7 @@ def _c_config(flow_cfg, ifindex: int):
     cfg.ifindex = ifindex
     cfg.dpi = 1 if flow_cfg.dpi else 0
     cfg.dpi_max_flows = flow_cfg.dpi_max_flows
+    cfg.prefault = 1 if prefault else 0
     return cfg
 
 
@@ -91,12 +92,14 @@ class FlowTable:
     record_buffer, idle/active timeouts, tcp_end_grace_s, dpi and
     dpi_max_flows: application identification with nDPI). ``sink`` gets
     every expired record batch; ``record_batch`` sizes the array it gets.
+    ``prefault``: a helper thread maps the flow slab's pages ahead of use
+    (replay; flowtable.c says why).
     """
 
     def __init__(self, flow_cfg, sink: Sink | None = None, *, ifindex: int = 0,
-                 record_batch: int = 4096) -> None:
+                 record_batch: int = 4096, prefault: bool = False) -> None:
         err = ffi.new("int *")
-        table = lib.ft_new(_c_config(flow_cfg, ifindex), err)
+        table = lib.ft_new(_c_config(flow_cfg, ifindex, prefault), err)
         if table == ffi.NULL:
             raise FlowTableError(
                 f"cannot create flow table (max_flows={flow_cfg.max_flows}, "

@@ -27,7 +27,7 @@
 #define ARENA_BYTES (1u << 22)
 
 static int replay(const char *path, uint32_t max_flows, size_t batch, uint32_t dpi_pool,
-                  unsigned flush_every, uint32_t record_buffer)
+                  unsigned flush_every, uint32_t record_buffer, uint32_t prefault)
 {
     char errbuf[PCAP_ERRBUF_SIZE];
     pcap_t *pc = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_NANO, errbuf);
@@ -39,7 +39,7 @@ static int replay(const char *path, uint32_t max_flows, size_t batch, uint32_t d
         .max_flows = max_flows, .record_buffer = record_buffer,
         .idle_timeout_ns = 30000000000ull, .active_timeout_ns = 120000000000ull,
         .tcp_end_grace_ns = 2000000000ull, .ifindex = 1,
-        .dpi = dpi_pool ? 1 : 0, .dpi_max_flows = dpi_pool,
+        .dpi = dpi_pool ? 1 : 0, .dpi_max_flows = dpi_pool, .prefault = prefault,
     };
     int err;
     struct ft_table *t = ft_new(&cfg, &err);
@@ -139,9 +139,9 @@ int main(int argc, char **argv)
     size_t batch = 256;
     uint32_t dpi_pool = 1024;
     unsigned flush_every = 0;
-    uint32_t record_buffer = 4096;
+    uint32_t record_buffer = 4096, prefault = 0;
     int opt, rc = 0;
-    while ((opt = getopt(argc, argv, "m:b:p:nf:r:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:b:p:nf:r:P")) != -1) {
         if (opt == 'm')
             max_flows = (uint32_t)strtoul(optarg, NULL, 10);
         else if (opt == 'b')
@@ -154,11 +154,14 @@ int main(int argc, char **argv)
             flush_every = (unsigned)strtoul(optarg, NULL, 10);
         else if (opt == 'r')
             record_buffer = (uint32_t)strtoul(optarg, NULL, 10);
+        else if (opt == 'P')
+            prefault = 1;      /* the slab mapped ahead by a helper thread */
         else
             return 2;
     }
     for (int i = optind; i < argc; i++) {
-        int r = replay(argv[i], max_flows, batch, dpi_pool, flush_every, record_buffer);
+        int r = replay(argv[i], max_flows, batch, dpi_pool, flush_every, record_buffer,
+                       prefault);
         if (r > rc)
             rc = r;
     }
