@@ -310,6 +310,23 @@ fail:
     free(pf);
 }
 
+long long ft_test_slab_resident(const struct ft_table *t)
+{
+    size_t len = (size_t)t->cfg.max_flows * sizeof(struct ft_flow);
+    size_t pages = (len + 4095) / 4096;
+    unsigned char *vec = malloc(pages);
+    long long bytes = 0;
+
+    if (!vec || mincore(t->flows, len, vec) != 0) {
+        free(vec);
+        return -1;
+    }
+    for (size_t i = 0; i < pages; i++)
+        bytes += (vec[i] & 1) * 4096;
+    free(vec);
+    return bytes;
+}
+
 static void prefault_stop(struct ft_table *t)
 {
     struct ft_prefault *pf = t->prefault;
@@ -477,7 +494,9 @@ int ft_ingest(struct ft_table *t, uint32_t linktype, const struct ft_pkt *pkts, 
     }
     *consumed = n;
     if (t->prefault) {
+        /* in whole steps: madvise() takes page-aligned starts only */
         size_t mark = (size_t)t->fresh * sizeof(struct ft_flow) + PREFAULT_AHEAD;
+        mark = (mark + PREFAULT_STEP - 1) / PREFAULT_STEP * PREFAULT_STEP;
         if (mark >= t->prefault_asked + PREFAULT_STEP)
             prefault_ask(t, mark);
     }

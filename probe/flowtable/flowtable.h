@@ -155,3 +155,9 @@ void ft_get_stats(const struct ft_table *t, struct ft_stats *out);
  */
 int ft_set_timeouts(struct ft_table *t, uint64_t idle_ns, uint64_t active_ns,
                     uint64_t tcp_end_grace_ns);
+
+/*
+ * For tests: bytes of the flow slab resident in memory (mincore), the
+ * slab's mapping alone; -1 if that cannot be read.
+ */
+long long ft_test_slab_resident(const struct ft_table *t);
