@@ -140,7 +140,7 @@ class FlowConfig:
 @dataclass(frozen=True)
 class ReplayConfig:
     """Offline replay of capture files."""
-    batch_packets: int = setting(4096, min=1, max=2**20)
+    batch_packets: int = setting(16384, min=1, max=2**20)
 
 
 @dataclass(frozen=True)
