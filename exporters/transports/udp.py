@@ -224,8 +224,9 @@ class UdpTransport(Transport):
         gso = self._gso[0]
         sent = lib.udp_send_batch(fd, cdata, clens, k, self._gso, groups, self._ngroups, self._err)
         if gso and not self._gso[0]:
-            self.log.warning("export_udp_gso_off", reason="refused by the kernel or the route "
-                          "(no checksum offload, or a message above the path MTU)")
+            self.log.warning("export_udp_gso_off",
+                             reason="refused by the kernel or the route (no checksum "
+                                    "offload, or a message above the path MTU)")
         return sent
 
     def _sent_range(self, data: bytes, off: int, lens: list, nrecords: list,
