@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "ft_table.h"
@@ -313,7 +314,9 @@ fail:
 long long ft_test_slab_resident(const struct ft_table *t)
 {
     size_t len = (size_t)t->cfg.max_flows * sizeof(struct ft_flow);
-    size_t pages = (len + 4095) / 4096;
+    long pg = sysconf(_SC_PAGESIZE);
+    size_t page = pg > 0 ? (size_t)pg : 4096;
+    size_t pages = (len + page - 1) / page;
     unsigned char *vec = malloc(pages);
     long long bytes = 0;
 
@@ -322,7 +325,7 @@ long long ft_test_slab_resident(const struct ft_table *t)
         return -1;
     }
     for (size_t i = 0; i < pages; i++)
-        bytes += (vec[i] & 1) * 4096;
+        bytes += (long long)(vec[i] & 1) * (long long)page;
     free(vec);
     return bytes;
 }
