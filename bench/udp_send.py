@@ -14,31 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import socket
-import subprocess
 import sys
 import tempfile
-import time
+
+from run import run_timed   # bench/run.py: /usr/bin/time, timeout, load
 
 VARIANTS = {"datagrams": "false", "gso": "true"}
 
 
 def one(capture: str, cfg: str) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    cp = subprocess.run([sys.executable, "-m", "flowprobe.probe.cli", "replay", capture,
-                         "-c", cfg, "--no-dpi", "--max-flows", "2097152", "--idle-timeout", "3600",
-                         "--active-timeout", "3600"], capture_output=True, text=True, timeout=600)
-    wall = time.monotonic() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = next((json.loads(x) for x in cp.stderr.splitlines()
+    r = run_timed([sys.executable, "-m", "flowprobe.probe.cli", "replay", capture, "-c", cfg,
+                   "--no-dpi", "--max-flows", "2097152", "--idle-timeout", "3600",
+                   "--active-timeout", "3600"], timeout=600)
+    done = next((json.loads(x) for x in r["stderr"].splitlines()
                  if x.startswith("{") and '"replay_done"' in x), {})
     ex = (done.get("exporters") or [{}])[0]
     tr = ex.get("transport", {})
-    return {"rc": cp.returncode, "wall_s": wall,
-            "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
-            "messages": ex.get("messages"), "records": ex.get("records_exported"),
+    return {**r, "messages": ex.get("messages"), "records": ex.get("records_exported"),
             "send_calls": tr.get("send_calls"), "gso_sends": tr.get("gso_sends")}
 
 
@@ -60,8 +53,8 @@ def main(argv=None) -> int:
         for _ in range(a.reps):
             for name in VARIANTS:
                 r = one(a.capture, cfgs[name])
-                print(f"{name:9} rc {r['rc']}  wall {r['wall_s']:6.2f} s  user {r['user_s']:5.2f}  "
-                      f"sys {r['sys_s']:5.2f}  messages {r['messages']}  send calls "
+                print(f"{name:9} wall {r['wall_s']:6.2f} s  CPU {r['cpu_s']:5.2f} s  "
+                      f"messages {r['messages']}  send calls "
                       f"{r['send_calls']}  offloaded sends {r['gso_sends']}  "
                       f"records {r['records']}", flush=True)
     sink.close()

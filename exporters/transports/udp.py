@@ -154,11 +154,11 @@ class UdpTransport(Transport):
                         and time.monotonic() >= self.give_up_at:
                     break
                 k = self._take_tokens(total - i)
-                sent = self._sendmmsg(fd, cdata + off, clens + i, k, groups)
+                sent, ngroups = self._sendmmsg(fd, cdata + off, clens + i, k, groups)
                 if sent > 0:
                     nbytes = sum(lens[i:i + sent])
                     self._sent_range(data, off, lens[i:i + sent], nrecs[i:i + sent], nbytes,
-                                     groups)
+                                     ffi.unpack(groups, ngroups))
                     i += sent
                     off += nbytes
                 if sent < k:
@@ -194,11 +194,12 @@ class UdpTransport(Transport):
                 sent, err = 0, errno.EBADF
             else:
                 groups = ffi.new("uint32_t[]", k)
-                sent = self._sendmmsg(self.sock.fileno(), ffi.from_buffer(buf),
-                                      ffi.new("uint32_t[]", sizes), k, groups)
+                sent, ngroups = self._sendmmsg(self.sock.fileno(), ffi.from_buffer(buf),
+                                               ffi.new("uint32_t[]", sizes), k, groups)
                 err = self._err[0] if sent < k else 0
             if sent:
-                self._sent_range(buf, 0, sizes[:sent], recs[:sent], sum(sizes[:sent]), groups)
+                self._sent_range(buf, 0, sizes[:sent], recs[:sent], sum(sizes[:sent]),
+                                 ffi.unpack(groups, ngroups))
             del self._batch[:sent], self._batch_records[:sent]
             if sent == k:
                 continue
@@ -217,9 +218,10 @@ class UdpTransport(Transport):
             self._batch.pop(0)
             self.log.warning("export_send_failed", error=os.strerror(err))
 
-    def _sendmmsg(self, fd: int, cdata, clens, k: int, groups) -> int:
-        """udp_send_batch() of k messages; says once if the kernel turned
-        the offload down (it stays off for this socket)."""
+    def _sendmmsg(self, fd: int, cdata, clens, k: int, groups) -> tuple[int, int]:
+        """udp_send_batch() of k messages: (messages sent, sends made, their
+        sizes in groups); says once if the kernel turned the offload down
+        (it stays off for this socket)."""
         self.send_calls += 1
         gso = self._gso[0]
         sent = lib.udp_send_batch(fd, cdata, clens, k, self._gso, groups, self._ngroups, self._err)
@@ -227,10 +229,10 @@ class UdpTransport(Transport):
             self.log.warning("export_udp_gso_off",
                              reason="refused by the kernel or the route (no checksum "
                                     "offload, or a message above the path MTU)")
-        return sent
+        return sent, self._ngroups[0]
 
     def _sent_range(self, data: bytes, off: int, lens: list, nrecords: list,
-                    nbytes: int, groups) -> None:
+                    nbytes: int, groups: list) -> None:
         """Count datagrams the kernel took (messages back to back in data
         from off, in sends of groups[0], groups[1], ... messages), and
         remember each send that carried records: a refusal names it by the
@@ -241,8 +243,7 @@ class UdpTransport(Transport):
         self.records_sent += sum(nrecords)
         keys = []
         i = 0
-        for g in range(self._ngroups[0]):
-            c = groups[g]
+        for c in groups:
             n = sum(nrecords[i:i + c]) if c > 1 else nrecords[i]
             if n:
                 keys.append((data[off:off + KEY_BYTES], n))
